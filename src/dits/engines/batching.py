@@ -1,0 +1,119 @@
+"""Wave batching: advance many independent programs together, one engine call per wave.
+
+A *program* is a generator that yields engine calls (`GenerateCall` or `NllCall`) and receives their
+results (`list[Completion]` or `list[float]`) until it returns its result. Dialogues, tree searches,
+iSFT sampling and probe validation are all written as programs, so every stage gets large batches
+without knowing about batching. Because each request carries its own seed, results do not depend on
+which programs happen to share a wave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from dits.engines.base import Completion, Engine, GenerationRequest, SamplingParams
+
+R = TypeVar("R")
+
+
+@dataclass
+class GenerateCall:
+    """Ask the engine to continue one chat; the program receives ``params.n`` completions."""
+
+    request: GenerationRequest
+    params: SamplingParams
+
+
+@dataclass
+class NllCall:
+    """Ask the engine for the mean token NLL of each text; the program receives a list of floats."""
+
+    texts: list[str]
+
+
+Call = GenerateCall | NllCall
+Program = Generator[Call, Any, R]
+
+
+def run_programs(
+    programs: Iterable[Program[R]],
+    engine: Engine,
+    *,
+    max_active: int | None = None,
+    on_done: Callable[[int, R], None] | None = None,
+) -> list[R]:
+    """Run programs to completion, batching their pending calls into one engine call per wave.
+
+    ``max_active`` bounds how many programs are in flight (memory); ``on_done(index, result)`` is called
+    as soon as a program finishes, so callers can persist results before the others complete.
+    Results are returned in input order.
+    """
+    queue = iter(enumerate(programs))
+    results: dict[int, R] = {}
+    active: dict[int, tuple[Program[R], Call]] = {}
+
+    def finish(index: int, value: R) -> None:
+        results[index] = value
+        if on_done is not None:
+            on_done(index, value)
+
+    def admit() -> None:
+        while max_active is None or len(active) < max_active:
+            try:
+                index, program = next(queue)
+            except StopIteration:
+                return
+            try:
+                active[index] = (program, next(program))
+            except StopIteration as stop:
+                finish(index, stop.value)
+
+    admit()
+    while active:
+        replies = _execute_wave(engine, {i: call for i, (_, call) in active.items()})
+        for index, reply in replies.items():
+            program = active[index][0]
+            try:
+                active[index] = (program, program.send(reply))
+            except StopIteration as stop:
+                del active[index]
+                finish(index, stop.value)
+        admit()
+    return [results[i] for i in sorted(results)]
+
+
+def _execute_wave(engine: Engine, calls: dict[int, Call]) -> dict[int, Any]:
+    """One engine call per distinct sampling setting, one NLL call for all NLL requests."""
+    replies: dict[int, Any] = {}
+    by_params: dict[SamplingParams, list[int]] = {}
+    nll_ids: list[int] = []
+    for index, call in calls.items():
+        if isinstance(call, GenerateCall):
+            by_params.setdefault(call.params, []).append(index)
+        else:
+            nll_ids.append(index)
+    for params, ids in by_params.items():
+        outputs: list[list[Completion]] = engine.generate(
+            [calls[i].request for i in ids], params  # type: ignore[union-attr]
+        )
+        replies.update(zip(ids, outputs, strict=True))
+    if nll_ids:
+        texts = [t for i in nll_ids for t in calls[i].texts]  # type: ignore[union-attr]
+        scores = iter(engine.nll(texts) if texts else [])
+        for i in nll_ids:
+            replies[i] = [next(scores) for _ in calls[i].texts]  # type: ignore[union-attr]
+    return replies
+
+
+def run_one(program: Program[R], engine: Engine) -> R:
+    """Run a single program (convenience for tests and small jobs)."""
+    return run_programs([program], engine)[0]
+
+
+def generate_one(
+    request: GenerationRequest, params: SamplingParams
+) -> Generator[Call, list[Completion], list[Completion]]:
+    """A program step that yields one generate call and returns its completions (use with ``yield from``)."""
+    return (yield GenerateCall(request, params))

@@ -1,0 +1,257 @@
+"""Hugging Face transformers engine: batched, left-padded ``generate`` with per-row seeds and LoRA adapters.
+
+* Rows are sorted by prompt length and cut into micro-batches, so padding stays small.
+* Sampling draws each row's randomness from its own generator seeded by the request seed (Gumbel-max
+  over temperature-scaled, top-p-filtered logits), so a completion does not depend on its batch.
+* Requests may name different LoRA adapters; one micro-batch then runs them together through PEFT's
+  ``adapter_names`` (mixed-adapter batches). ``None`` means the engine's default adapter (the policy),
+  ``"__base__"`` the bare base model.
+* ``nll`` always scores with adapters disabled: the frozen initial model of Optima's readability term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+from dits.engines.base import Completion, EngineStats, GenerationRequest, SamplingParams, derive_seed
+from dits.errors import DitsError
+from dits.models import ModelRef, resolve_model
+
+BASE = "__base__"
+POLICY = "policy"
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class SeededSampler(LogitsProcessor):
+    """Turns greedy decoding into sampling with one random stream per row (Gumbel-max trick).
+
+    argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T); drawing the noise from a
+    per-row generator makes each row's sample independent of the other rows in the batch.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            sorted_scores, order = scores.sort(dim=-1, descending=True)
+            cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+            drop_sorted = cumulative - sorted_scores.softmax(dim=-1) > self.top_p
+            drop = drop_sorted.scatter(-1, order, drop_sorted)
+            scores = scores.masked_fill(drop, float("-inf"))
+        uniform = torch.stack(
+            [torch.rand(scores.shape[-1], generator=g) for g in self.generators]
+        ).to(scores.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
+        return scores + gumbel
+
+
+class HFEngine:
+    """Text generation with a transformers causal LM (optionally wrapped by PEFT for adapters)."""
+
+    def __init__(
+        self,
+        model: str | ModelRef,
+        *,
+        batch_size: int = 32,
+        device: str | None = None,
+        dtype: str = "auto",
+    ) -> None:
+        ref = resolve_model(model) if isinstance(model, str) else model
+        self.ref = ref
+        self.device = pick_device(device)
+        torch_dtype = _dtype(dtype, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(ref.base)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model: Any = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch_dtype).to(self.device)
+        self.model.eval()
+        self.batch_size = batch_size
+        self.default_adapter: str | None = None
+        self.stats = EngineStats()
+        if ref.adapter is not None:
+            self.load_adapter(POLICY, ref.adapter)
+            self.default_adapter = POLICY
+
+    # ------------------------------------------------------------------ adapters
+    def adapters(self) -> list[str]:
+        return list(getattr(self.model, "peft_config", {}).keys())
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a saved PEFT adapter under ``name``."""
+        from peft import PeftModel
+
+        if not hasattr(self.model, "peft_config"):
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+        else:
+            self.model.load_adapter(str(path), adapter_name=name)
+        self.model.eval()
+
+    def add_adapter_weights(self, name: str, config: Any, state: dict[str, torch.Tensor]) -> None:
+        """Create adapter ``name`` from a LoRA config and an in-memory PEFT state dict (probe adapters)."""
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        if not hasattr(self.model, "peft_config"):
+            self.model = get_peft_model(self.model, config, adapter_name=name)
+        else:
+            self.model.add_adapter(name, config)
+        set_peft_model_state_dict(self.model, state, adapter_name=name)
+        self.model.eval()
+
+    def remove_adapter(self, name: str) -> None:
+        self.model.delete_adapter(name)
+
+    def _adapter_of(self, request: GenerationRequest) -> str:
+        name = request.adapter if request.adapter is not None else (self.default_adapter or BASE)
+        if name != BASE and name not in self.adapters():
+            raise DitsError(f"adapter {name!r} is not loaded; loaded adapters: {self.adapters() or 'none'}")
+        return name
+
+    @contextmanager
+    def _adapter_context(self, names: Sequence[str]) -> Iterator[dict[str, Any]]:
+        """Arguments and context that make one micro-batch run under ``names`` (one per row)."""
+        unique = set(names)
+        if unique == {BASE}:
+            ctx = self.model.disable_adapter() if hasattr(self.model, "peft_config") else nullcontext()
+            with ctx:
+                yield {}
+        elif len(unique) == 1:
+            self.model.set_adapter(names[0])
+            yield {}
+        else:
+            yield {"adapter_names": list(names)}
+
+    # ------------------------------------------------------------------ generation
+    def render(self, request: GenerationRequest) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(
+            request.messages, tokenize=True, add_generation_prompt=True, return_dict=False
+        )
+        return list(ids)
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams
+    ) -> list[list[Completion]]:
+        rows = [
+            (index, sample, self.render(request), self._adapter_of(request), derive_seed(request.seed, sample))
+            for index, request in enumerate(requests)
+            for sample in range(params.n)
+        ]
+        rows.sort(key=lambda row: len(row[2]))
+        out: list[list[Completion | None]] = [[None] * params.n for _ in requests]
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            completions = self._generate_batch(
+                [r[2] for r in batch], [r[3] for r in batch], [r[4] for r in batch], params
+            )
+            for (index, sample, *_), completion in zip(batch, completions, strict=True):
+                out[index][sample] = completion
+        self.stats.calls += 1
+        self.stats.requests += len(requests)
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self, prompts: list[list[int]], adapters: list[str], seeds: list[int], params: SamplingParams
+    ) -> list[Completion]:
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        processors = LogitsProcessorList()
+        if not params.greedy:
+            processors.append(SeededSampler(seeds, params.temperature, params.top_p))
+        kwargs: dict[str, Any] = {}
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        with self._adapter_context(adapters) as adapter_kwargs:
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=params.max_new_tokens,
+                do_sample=False,
+                logits_processor=processors,
+                pad_token_id=pad,
+                **adapter_kwargs,
+                **kwargs,
+            )
+        return [self._completion(row[width:].tolist(), params) for row in output]
+
+    def _completion(self, new_ids: list[int], params: SamplingParams) -> Completion:
+        eos = self.tokenizer.eos_token_id
+        stop_ids = set(eos if isinstance(eos, list) else [eos])
+        stop_ids.add(self.tokenizer.pad_token_id)
+        length = next((i for i, t in enumerate(new_ids) if t in stop_ids), len(new_ids))
+        text = self.tokenizer.decode(new_ids[:length], skip_special_tokens=True)
+        finish = "length" if length >= params.max_new_tokens else "stop"
+        for stop in params.stop:
+            if stop in text:
+                text, finish = text.split(stop, 1)[0], "stop"
+        self.stats.generated_tokens += length
+        return Completion(text, length, finish)
+
+    # ------------------------------------------------------------------ scoring
+    def nll(self, texts: Sequence[str]) -> list[float]:
+        """Mean token NLL of each text as a lone assistant message, under the base model (adapters off)."""
+        self.stats.nll_texts += len(texts)
+        prefix = self.tokenizer.apply_chat_template(
+            [{"role": "system", "content": ""}], tokenize=True, add_generation_prompt=True, return_dict=False
+        )
+        encoded = []
+        for text in texts:
+            full = self.tokenizer.apply_chat_template(
+                [{"role": "system", "content": ""}, {"role": "assistant", "content": text}],
+                tokenize=True,
+                return_dict=False,
+            )
+            encoded.append((list(full), len(prefix)))
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i][0]))
+        result = [0.0] * len(texts)
+        for start in range(0, len(order), self.batch_size):
+            ids = order[start : start + self.batch_size]
+            for i, value in zip(ids, self._nll_batch([encoded[i] for i in ids]), strict=True):
+                result[i] = value
+        return result
+
+    @torch.inference_mode()
+    def _nll_batch(self, batch: list[tuple[list[int], int]]) -> list[float]:
+        width = max(len(ids) for ids, _ in batch)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=self.device)
+        attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=self.device)
+        ctx = self.model.disable_adapter() if hasattr(self.model, "peft_config") else nullcontext()
+        with ctx:
+            logits = self.model(input_ids=input_ids, attention_mask=attention).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        token_lp = logprobs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        values = []
+        for row, (ids, start) in enumerate(batch):
+            span = token_lp[row, start - 1 : len(ids) - 1]
+            values.append(float(-span.mean()) if span.numel() else 0.0)
+        return values
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError as exc:
+        raise DitsError(f"engine.dtype must be auto, float32, bfloat16 or float16, not {name!r}") from exc

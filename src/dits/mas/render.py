@@ -1,0 +1,58 @@
+"""Per-agent views of a dialogue: the one place where turns become chat messages.
+
+Every stage (sampling, SFT records, tree search, DPO pairs, evaluation, probes) renders through
+`agent_view`, so the model always sees the same text for the same situation (DESIGN decision 1).
+
+View of agent X: ``system`` = X's system prompt; the first ``user`` message opens the conversation
+with the question and X's private information; X's own turns are ``assistant`` messages and the
+partner's turns are ``user`` messages prefixed with the partner's name. Rendering a longer dialogue
+only appends messages, so a rendered prefix is a token prefix of the rendered whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from dits.engines.base import Message
+from dits.mas.prompts import NAMES, FormatHint, system_prompt
+from dits.tasks.base import TaskInstance
+
+if TYPE_CHECKING:
+    from dits.mas.dialogue import Turn
+
+
+def render_context(paragraphs: Sequence[str]) -> str:
+    """An agent's private information as text (one paragraph per line)."""
+    return "\n".join(f"- {p.strip()}" for p in paragraphs if p.strip())
+
+
+def opening_message(instance: TaskInstance, speaker: str) -> str:
+    """The first user message of ``speaker``'s view: the question and the speaker's own information."""
+    if instance.family == "debate":
+        return f"Problem: {instance.question}"
+    info = render_context(instance.context.get(speaker, ())) or "(none)"
+    return f"Question: {instance.question}\nYour information:\n{info}"
+
+
+def agent_view(
+    instance: TaskInstance,
+    speaker: str,
+    turns: Sequence[Turn],
+    format_hint: FormatHint | None = None,
+) -> list[Message]:
+    """The chat ``speaker`` sees after ``turns`` (own turns as assistant, partner turns as user)."""
+    messages: list[Message] = [
+        {"role": "system", "content": system_prompt(instance.family, speaker, instance.answer_format, format_hint)},
+        {"role": "user", "content": opening_message(instance, speaker)},
+    ]
+    for turn in turns:
+        if turn.speaker == speaker:
+            messages.append({"role": "assistant", "content": turn.text})
+            continue
+        said = f"{NAMES[turn.speaker]}: {turn.text}"
+        if messages[-1]["role"] == "user":  # the partner spoke first: join it to the opening message
+            messages[-1] = {"role": "user", "content": messages[-1]["content"] + "\n\n" + said}
+        else:
+            messages.append({"role": "user", "content": said})
+    return messages
