@@ -46,6 +46,7 @@ class DialogueConfig(Section):
     max_utterance_tokens: int = Field(96, ge=1)
     max_total_tokens: int | None = None
     stop_on_overlong: bool = True
+    demonstration: bool = True
 
 
 class RewardConfig(Section):

@@ -1,7 +1,8 @@
 """Wave batching: advance many independent programs together, one engine call per wave.
 
-A *program* is a generator that yields engine calls (`GenerateCall` or `NllCall`) and receives their
-results (`list[Completion]` or `list[float]`) until it returns its result. Dialogues, tree searches,
+A *program* is a generator that yields engine calls (`GenerateCall` or `NllCall`, or a `Batch` of
+several) and receives their results (`list[Completion]`, `list[float]`, or the list of replies of a
+`Batch`) until it returns its result. Dialogues, tree searches,
 iSFT sampling and probe validation are all written as programs, so every stage gets large batches
 without knowing about batching. Because each request carries its own seed, results do not depend on
 which programs happen to share a wave.
@@ -9,7 +10,7 @@ which programs happen to share a wave.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,7 +35,59 @@ class NllCall:
 
 
 Call = GenerateCall | NllCall
-Program = Generator[Call, Any, R]
+
+
+@dataclass
+class Batch:
+    """Several calls issued at once; the program receives the list of their replies, in order."""
+
+    calls: list[Call]
+
+
+Step = Call | Batch
+Program = Generator[Step, Any, R]
+
+
+def _flatten(steps: Sequence[Step]) -> tuple[list[Call], list[range]]:
+    """All calls of ``steps`` in one list, and the positions that belong to each step."""
+    calls: list[Call] = []
+    spans: list[range] = []
+    for step in steps:
+        own = step.calls if isinstance(step, Batch) else [step]
+        spans.append(range(len(calls), len(calls) + len(own)))
+        calls.extend(own)
+    return calls, spans
+
+
+def _reply(step: Step, replies: Sequence[Any], span: range) -> Any:
+    """The reply a step expects: a list for a `Batch`, the bare reply for a single call."""
+    return [replies[i] for i in span] if isinstance(step, Batch) else replies[span[0]]
+
+
+def parallel(programs: Iterable[Program[Any]]) -> Generator[Batch, list[Any], list[Any]]:
+    """Advance sub-programs together, one `Batch` per step; return their results in input order.
+
+    This is how one program (e.g. a tree) runs several rollouts in the same wave.
+    """
+    subs = list(programs)
+    results: list[Any] = [None] * len(subs)
+    pending: dict[int, Step] = {}
+    for index, program in enumerate(subs):
+        try:
+            pending[index] = next(program)
+        except StopIteration as stop:
+            results[index] = stop.value
+    while pending:
+        order = list(pending)
+        calls, spans = _flatten([pending[i] for i in order])
+        replies = yield Batch(calls)
+        for index, span in zip(order, spans, strict=True):
+            try:
+                pending[index] = subs[index].send(_reply(pending[index], replies, span))
+            except StopIteration as stop:
+                del pending[index]
+                results[index] = stop.value
+    return results
 
 
 def run_programs(
@@ -52,7 +105,7 @@ def run_programs(
     """
     queue = iter(enumerate(programs))
     results: dict[int, R] = {}
-    active: dict[int, tuple[Program[R], Call]] = {}
+    active: dict[int, tuple[Program[R], Step]] = {}
 
     def finish(index: int, value: R) -> None:
         results[index] = value
@@ -72,11 +125,13 @@ def run_programs(
 
     admit()
     while active:
-        replies = _execute_wave(engine, {i: call for i, (_, call) in active.items()})
-        for index, reply in replies.items():
-            program = active[index][0]
+        order = list(active)
+        calls, spans = _flatten([active[i][1] for i in order])
+        by_position = _execute_wave(engine, dict(enumerate(calls)))
+        for index, span in zip(order, spans, strict=True):
+            program, step = active[index]
             try:
-                active[index] = (program, program.send(reply))
+                active[index] = (program, program.send(_reply(step, by_position, span)))
             except StopIteration as stop:
                 del active[index]
                 finish(index, stop.value)

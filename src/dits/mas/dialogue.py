@@ -44,6 +44,7 @@ class DialogueRules:
     max_utterance_tokens: int = 256
     max_total_tokens: int | None = None
     stop_on_overlong: bool = True
+    demonstration: bool = True
 
 
 @dataclass
@@ -128,8 +129,10 @@ class TwoAgentSystem:
     def view(
         self, instance: TaskInstance, turns: Sequence[Turn], format_hint: FormatHint | None = None
     ) -> list[dict[str, str]]:
-        """The messages the next speaker sees."""
-        return agent_view(instance, next_speaker(turns), turns, format_hint)
+        """The messages the next speaker sees (the one renderer used by every stage)."""
+        return agent_view(
+            instance, next_speaker(turns), turns, format_hint, demonstrate=self.rules.demonstration
+        )
 
     def make_turn(self, instance: TaskInstance, speaker: str, text: str, tokens: int, overlong: bool) -> Turn:
         text = clean_utterance(text, speaker)

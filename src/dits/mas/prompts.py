@@ -11,37 +11,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from string import Template
 
+from dits.engines.base import Message
 from dits.tasks.base import AnswerFormat, Family
 
 NAMES = {"alice": "Alice", "bob": "Bob"}
 PARTNER = {"alice": "bob", "bob": "alice"}
 
 QA_PROMPT = Template(
-    "You are $name. You and your partner $partner answer a question together. "
-    "Each of you sees different information, and $partner cannot see yours.\n"
-    "Rules:\n"
-    "1. Tell $partner the facts from your information that help answer the question.\n"
-    "2. Be brief: short notes, no greetings, no repetition.\n"
-    "3. Once you know the answer, end your message with $answer_slot. "
-    "The conversation ends when you both give the same answer."
+    "You are $name. You and $partner answer a question together; each of you has different "
+    "information and cannot see the other's. Share the facts that help, in few words, and end every "
+    "message with your best answer as $answer_slot. The conversation ends when you both give the same answer."
 )
 
 SOLVER_PROMPT = Template(
-    "You are $name, a careful problem solver. Your partner $partner checks your work.\n"
-    "Rules:\n"
-    "1. Solve the problem step by step, briefly.\n"
-    "2. If $partner points out a mistake, fix it.\n"
-    "3. End your message with the final answer as $answer_slot."
+    "You are $name. Solve the problem step by step, in few words. $partner checks your work; "
+    "fix any mistake $partner finds. End every message with the final answer as $answer_slot."
 )
 
 CRITIC_PROMPT = Template(
-    "You are $name, a strict reviewer. Your partner $partner is solving the problem.\n"
-    "Rules:\n"
-    "1. Check each step of $partner's solution and point out any mistake, briefly.\n"
-    "2. If the solution is correct, say so and repeat its final answer as $answer_slot."
+    "You are $name. $partner solves the problem. Check the steps in few words and point out any "
+    "mistake. Then end with the final answer you believe is right, as $answer_slot."
 )
 
 ANSWER_SLOTS: dict[AnswerFormat, str] = {"tag": "<A>answer</A>", "boxed": "\\boxed{answer}"}
+
+
+def format_answer(answer: str, answer_format: AnswerFormat) -> str:
+    """``answer`` written the way the agents are asked to state answers."""
+    return ANSWER_SLOTS[answer_format].replace("answer", answer)
 
 
 @dataclass(frozen=True)
@@ -90,3 +87,36 @@ def system_prompt(
     if format_hint is not None and (family == "qa" or speaker == "alice"):
         text += f"\nFormat: {format_hint.text}"
     return text
+
+
+def demonstration(
+    family: Family, speaker: str, answer_format: AnswerFormat
+) -> list[Message]:
+    """A one-exchange worked example shown before the real conversation.
+
+    Small chat models follow a demonstrated reply far better than written rules (the untrained 135M
+    model almost never states ``<A>...</A>`` without one). Switch off with ``dialogue.demonstration``.
+    """
+    partner = NAMES[PARTNER[speaker]]
+    if family == "qa":
+        opening = (
+            "Question: Who was born first, Ann Fox or Bo Lee?\nYour information:\n"
+            f"- Ann Fox was born in 1950.\n- Max Ray lives in Kiev.\n\n{partner}: Bo Lee b. 1970. "
+            + format_answer("Bo Lee", answer_format)
+        )
+        reply = "Ann Fox b. 1950, Bo Lee b. 1970, so Ann Fox. " + format_answer("Ann Fox", answer_format)
+    elif answer_format == "boxed":
+        problem = "Problem: Sam has 3 boxes with 4 pens each. He gives away 5 pens. How many pens are left?"
+        if speaker == "alice":
+            opening, reply = problem, "3 * 4 = 12 pens. 12 - 5 = 7. " + format_answer("7", answer_format)
+        else:
+            opening = f"{problem}\n\n{partner}: 3 * 4 = 12 pens. 12 - 5 = 8. " + format_answer("8", answer_format)
+            reply = "Mistake: 12 - 5 = 7, not 8. " + format_answer("7", answer_format)
+    else:
+        problem = "Problem: Which gas do plants take in to make food? Choose from: oxygen, carbon dioxide, helium"
+        if speaker == "alice":
+            opening, reply = problem, "Plants take in carbon dioxide. " + format_answer("carbon dioxide", answer_format)
+        else:
+            opening = f"{problem}\n\n{partner}: Plants take in oxygen. " + format_answer("oxygen", answer_format)
+            reply = "Mistake: plants take in carbon dioxide. " + format_answer("carbon dioxide", answer_format)
+    return [{"role": "user", "content": opening}, {"role": "assistant", "content": reply}]

@@ -3,7 +3,8 @@
 Every stage (sampling, SFT records, tree search, DPO pairs, evaluation, probes) renders through
 `agent_view`, so the model always sees the same text for the same situation (DESIGN decision 1).
 
-View of agent X: ``system`` = X's system prompt; the first ``user`` message opens the conversation
+View of agent X: ``system`` = X's system prompt, then (optionally) a worked example exchange; the next
+``user`` message opens the conversation
 with the question and X's private information; X's own turns are ``assistant`` messages and the
 partner's turns are ``user`` messages prefixed with the partner's name. Rendering a longer dialogue
 only appends messages, so a rendered prefix is a token prefix of the rendered whole.
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from dits.engines.base import Message
-from dits.mas.prompts import NAMES, FormatHint, system_prompt
+from dits.mas.prompts import NAMES, FormatHint, demonstration, system_prompt
 from dits.tasks.base import TaskInstance
 
 if TYPE_CHECKING:
@@ -40,12 +41,18 @@ def agent_view(
     speaker: str,
     turns: Sequence[Turn],
     format_hint: FormatHint | None = None,
+    *,
+    demonstrate: bool = True,
 ) -> list[Message]:
-    """The chat ``speaker`` sees after ``turns`` (own turns as assistant, partner turns as user)."""
-    messages: list[Message] = [
-        {"role": "system", "content": system_prompt(instance.family, speaker, instance.answer_format, format_hint)},
-        {"role": "user", "content": opening_message(instance, speaker)},
-    ]
+    """The chat ``speaker`` sees after ``turns`` (own turns as assistant, partner turns as user).
+
+    With ``demonstrate`` a worked example exchange precedes the real conversation.
+    """
+    family, fmt = instance.family, instance.answer_format
+    messages: list[Message] = [{"role": "system", "content": system_prompt(family, speaker, fmt, format_hint)}]
+    if demonstrate:
+        messages += demonstration(family, speaker, fmt)
+    messages.append({"role": "user", "content": opening_message(instance, speaker)})
     for turn in turns:
         if turn.speaker == speaker:
             messages.append({"role": "assistant", "content": turn.text})

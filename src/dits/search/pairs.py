@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dits.config import PairConfig
 from dits.engines.base import Message
+from dits.mas.dialogue import next_speaker
+from dits.mas.render import agent_view
+from dits.search.tree import Tree
 
 
 @dataclass
@@ -31,3 +36,46 @@ class PreferencePair:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreferencePair:
         return cls(**data)
+
+
+def branch_pair(tree: Tree, node_id: int) -> PreferencePair:
+    """The pair at a node with ≥ 2 children: max-Q child vs min-Q child (recomputed now; ties: earlier
+    child chosen, later child rejected, so the two always differ)."""
+    children = sorted(tree.nodes[node_id].children, key=lambda c: (-tree.nodes[c].value, c))
+    best, worst = tree.nodes[children[0]], tree.nodes[children[-1]]
+    turns = tree.path_turns(node_id)
+    speaker = next_speaker(turns)
+    return PreferencePair(
+        id=f"{tree.id}/{node_id}",
+        tree_id=tree.id,
+        node_id=node_id,
+        instance_id=tree.instance.id,
+        speaker=speaker,
+        prompt=agent_view(tree.instance, speaker, turns),
+        chosen=best.text,
+        rejected=worst.text,
+        chosen_value=best.value,
+        rejected_value=worst.value,
+        meta={
+            "depth": len(turns),
+            "chosen_node": best.id,
+            "rejected_node": worst.id,
+            "chosen_visits": best.visits,
+            "rejected_visits": worst.visits,
+        },
+    )
+
+
+def extract_pairs(tree: Tree, cfg: PairConfig) -> list[PreferencePair]:
+    """Optima's pairs of one tree: one per branch point, kept iff chosen Q > ``min_chosen_value`` and
+    chosen Q − rejected Q > ``min_gap``; then the top ``⌊top_fraction_per_tree · n⌋`` by chosen Q (at
+    least one), best first."""
+    pairs = [branch_pair(tree, node.id) for node in tree.nodes if len(node.children) >= 2]
+    kept = [
+        p
+        for p in pairs
+        if p.chosen_value > cfg.min_chosen_value and p.chosen_value - p.rejected_value > cfg.min_gap
+    ]
+    kept.sort(key=lambda p: (-p.chosen_value, p.node_id))
+    keep = max(1, math.floor(cfg.top_fraction_per_tree * len(kept) + 1e-9))  # 1e-9: 0.29 * 100 is 28.99…
+    return kept[:keep]
