@@ -242,7 +242,9 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "(top level)"
         if first["type"] == "extra_forbidden":
-            raise DitsError(f"{source}: unknown config key {key!r}; see the README's config reference") from exc
+            raise DitsError(
+                f"{source}: unknown config key {key!r}; see the README's config reference"
+            ) from exc
         raise DitsError(f"{source}: config key {key!r}: {first['msg']}") from exc
 
 

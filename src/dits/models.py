@@ -67,11 +67,15 @@ def resolve_model(name: str, *, pull: bool = True) -> ModelRef:
             return ModelRef(resolve_model(base, pull=pull).base, adapter=path)
         if (path / "config.json").exists():
             return ModelRef(str(path))
-        raise DitsError(f"{path} is neither a model folder (config.json) nor a LoRA adapter (adapter_config.json)")
+        raise DitsError(
+            f"{path} is neither a model folder (config.json) nor a LoRA adapter (adapter_config.json)"
+        )
     if "/" in name and not name.startswith((".", "/")):
         return ModelRef(name)  # a Hugging Face hub id; loading will tell if it is unreachable
     known = ", ".join(BUILTIN_MODELS)
-    raise DitsError(f"unknown model {name!r}: use a built-in ({known}), a local folder or a hub id 'org/name'")
+    raise DitsError(
+        f"unknown model {name!r}: use a built-in ({known}), a local folder or a hub id 'org/name'"
+    )
 
 
 def smollm2_gguf_path() -> Path:

@@ -151,7 +151,8 @@ def _execute_wave(engine: Engine, calls: dict[int, Call]) -> dict[int, Any]:
             nll_ids.append(index)
     for params, ids in by_params.items():
         outputs: list[list[Completion]] = engine.generate(
-            [calls[i].request for i in ids], params  # type: ignore[union-attr]
+            [calls[i].request for i in ids],
+            params,  # type: ignore[union-attr]
         )
         replies.update(zip(ids, outputs, strict=True))
     if nll_ids:

@@ -53,9 +53,9 @@ class SeededSampler(LogitsProcessor):
             drop_sorted = cumulative - sorted_scores.softmax(dim=-1) > self.top_p
             drop = drop_sorted.scatter(-1, order, drop_sorted)
             scores = scores.masked_fill(drop, float("-inf"))
-        uniform = torch.stack(
-            [torch.rand(scores.shape[-1], generator=g) for g in self.generators]
-        ).to(scores.device)
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators]).to(
+            scores.device
+        )
         gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
         return scores + gumbel
 
@@ -147,7 +147,13 @@ class HFEngine:
         self, requests: Sequence[GenerationRequest], params: SamplingParams
     ) -> list[list[Completion]]:
         rows = [
-            (index, sample, self.render(request), self._adapter_of(request), derive_seed(request.seed, sample))
+            (
+                index,
+                sample,
+                self.render(request),
+                self._adapter_of(request),
+                derive_seed(request.seed, sample),
+            )
             for index, request in enumerate(requests)
             for sample in range(params.n)
         ]
@@ -232,7 +238,9 @@ class HFEngine:
         width = max(len(ids) for ids, _ in batch)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=self.device)
-        attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=self.device)
+        attention = torch.tensor(
+            [[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=self.device
+        )
         ctx = self.model.disable_adapter() if hasattr(self.model, "peft_config") else nullcontext()
         with ctx:
             logits = self.model(input_ids=input_ids, attention_mask=attention).logits.float()

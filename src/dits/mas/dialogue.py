@@ -163,7 +163,9 @@ class TwoAgentSystem:
             (completion,) = yield GenerateCall(request, params)
             overlong = completion.finish_reason == "length"
             turns.append(
-                self.make_turn(instance, next_speaker(turns), completion.text, completion.num_tokens, overlong)
+                self.make_turn(
+                    instance, next_speaker(turns), completion.text, completion.num_tokens, overlong
+                )
             )
             reason = stop_reason(turns, self.rules)
         meta = {"format": format_hint.name} if format_hint else {}

@@ -89,9 +89,7 @@ def system_prompt(
     return text
 
 
-def demonstration(
-    family: Family, speaker: str, answer_format: AnswerFormat
-) -> list[Message]:
+def demonstration(family: Family, speaker: str, answer_format: AnswerFormat) -> list[Message]:
     """A one-exchange worked example shown before the real conversation.
 
     Small chat models follow a demonstrated reply far better than written rules (the untrained 135M
@@ -110,13 +108,24 @@ def demonstration(
         if speaker == "alice":
             opening, reply = problem, "3 * 4 = 12 pens. 12 - 5 = 7. " + format_answer("7", answer_format)
         else:
-            opening = f"{problem}\n\n{partner}: 3 * 4 = 12 pens. 12 - 5 = 8. " + format_answer("8", answer_format)
+            opening = f"{problem}\n\n{partner}: 3 * 4 = 12 pens. 12 - 5 = 8. " + format_answer(
+                "8", answer_format
+            )
             reply = "Mistake: 12 - 5 = 7, not 8. " + format_answer("7", answer_format)
     else:
-        problem = "Problem: Which gas do plants take in to make food? Choose from: oxygen, carbon dioxide, helium"
+        problem = (
+            "Problem: Which gas do plants take in to make food? Choose from: oxygen, carbon dioxide, helium"
+        )
         if speaker == "alice":
-            opening, reply = problem, "Plants take in carbon dioxide. " + format_answer("carbon dioxide", answer_format)
+            opening, reply = (
+                problem,
+                "Plants take in carbon dioxide. " + format_answer("carbon dioxide", answer_format),
+            )
         else:
-            opening = f"{problem}\n\n{partner}: Plants take in oxygen. " + format_answer("oxygen", answer_format)
-            reply = "Mistake: plants take in carbon dioxide. " + format_answer("carbon dioxide", answer_format)
+            opening = f"{problem}\n\n{partner}: Plants take in oxygen. " + format_answer(
+                "oxygen", answer_format
+            )
+            reply = "Mistake: plants take in carbon dioxide. " + format_answer(
+                "carbon dioxide", answer_format
+            )
     return [{"role": "user", "content": opening}, {"role": "assistant", "content": reply}]

@@ -49,7 +49,9 @@ def agent_view(
     With ``demonstrate`` a worked example exchange precedes the real conversation.
     """
     family, fmt = instance.family, instance.answer_format
-    messages: list[Message] = [{"role": "system", "content": system_prompt(family, speaker, fmt, format_hint)}]
+    messages: list[Message] = [
+        {"role": "system", "content": system_prompt(family, speaker, fmt, format_hint)}
+    ]
     if demonstrate:
         messages += demonstration(family, speaker, fmt)
     messages.append({"role": "user", "content": opening_message(instance, speaker)})

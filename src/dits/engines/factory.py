@@ -1,0 +1,17 @@
+"""Build the engine a config asks for."""
+
+from __future__ import annotations
+
+from dits.config import EngineConfig
+from dits.engines.base import Engine
+
+
+def make_engine(cfg: EngineConfig, model: str) -> Engine:
+    """An engine serving ``model`` (a built-in name, folder, adapter folder or hub id)."""
+    if cfg.kind == "fake":
+        from dits.engines.fake import FakeEngine
+
+        return FakeEngine()
+    from dits.engines.hf import HFEngine
+
+    return HFEngine(model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype)
