@@ -1,0 +1,174 @@
+"""The `dits` command line. Thin: parse, load config, call one function, print."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dits.errors import DitsError
+from dits.progress import console
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+models_app = typer.Typer(no_args_is_help=True, help="Built-in models.")
+tasks_app = typer.Typer(no_args_is_help=True, help="Tasks: built-in, real datasets, your own JSONL.")
+tree_app = typer.Typer(no_args_is_help=True, help="Inspect search trees of a run.")
+app.add_typer(models_app, name="models")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(tree_app, name="tree")
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a user mistake as one line (no traceback) and exit with status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DitsError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------------------- models
+@models_app.command("pull")
+@user_errors
+def models_pull(name: str) -> None:
+    """Prepare a built-in model (smollm2-135m, tiny-random) for offline use."""
+    from dits.models import pull_builtin
+
+    console.print(f"{name}: {pull_builtin(name)}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The built-in model names."""
+    from dits.models import BUILTIN_MODELS
+
+    for name, description in BUILTIN_MODELS.items():
+        console.print(f"{name:14s} {description}")
+
+
+# --------------------------------------------------------------------------------------- tasks
+@tasks_app.command("list")
+def tasks_list() -> None:
+    """Every task name with its family and metric."""
+    from dits.tasks.registry import list_tasks
+
+    for info in list_tasks():
+        console.print(f"[bold]{info.name:18s}[/bold] {info.family:7s} {info.metric:8s} {info.description}")
+
+
+def _parse_pairs(items: list[str], what: str) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise DitsError(f"{what} {item!r} must look like key=value")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+DataFileOpt = Annotated[
+    list[str] | None, typer.Option("--data-file", help="SPLIT=PATH of a local data file (repeatable)")
+]
+TaskOptionOpt = Annotated[list[str] | None, typer.Option("--option", help="task option KEY=VALUE (repeatable)")]
+
+
+@tasks_app.command("show")
+@user_errors
+def tasks_show(
+    name: str,
+    split: str = "test",
+    n: int = 2,
+    data_file: DataFileOpt = None,
+    option: TaskOptionOpt = None,
+) -> None:
+    """A few instances of a task, rendered as Alice and Bob see them."""
+    from dits.mas.render import agent_view
+    from dits.tasks.registry import get_task
+
+    task = get_task(name, _parse_pairs(data_file or [], "--data-file") or None, **_parse_pairs(option or [], "--option"))
+    for instance in itertools.islice(task.instances(split), n):  # type: ignore[arg-type]
+        console.rule(f"{instance.id}  gold: {list(instance.answers)}")
+        for speaker in ("alice", "bob"):
+            for message in agent_view(instance, speaker, [], demonstrate=False)[1:]:
+                console.print(f"[bold]{speaker} sees[/bold]\n{message['content']}")
+
+
+# --------------------------------------------------------------------------------------- eval
+@app.command("eval")
+@user_errors
+def eval_command(
+    model: Annotated[str, typer.Option(help="built-in name, model/adapter folder or hub id")],
+    task: Annotated[str, typer.Option(help="task name (see `dits tasks list`)")],
+    split: str = "test",
+    limit: int | None = None,
+    out: Path | None = None,
+    data_file: DataFileOpt = None,
+    option: TaskOptionOpt = None,
+    config: Annotated[Path | None, typer.Option(help="take dialogue/engine settings from this run config")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE")] = None,
+    self_consistency: int = 0,
+    seed: int = 0,
+) -> None:
+    """Greedy two-agent dialogues on a split: prints score and mean tokens, writes records."""
+    from dits.config import load_config
+    from dits.evaluate import evaluate, write_eval
+    from dits.runtime import build_system, take
+
+    cfg = load_config(config, set_ or [])
+    cfg.task.name = task
+    cfg.task.data_files.update({k: str(v) for k, v in _parse_pairs(data_file or [], "--data-file").items()})
+    cfg.task.options.update(_parse_pairs(option or [], "--option"))
+    from dits.engines.factory import make_engine
+
+    system = build_system(cfg)
+    instances = take(system.task, split, limit)
+    engine = make_engine(cfg.engine, model)
+    records, summary = evaluate(
+        system, instances, engine, model_label=model, split=split, seed=seed, self_consistency=self_consistency
+    )
+    console.print(
+        f"[bold]{task}[/bold] {split}: score {summary.score:.3f}  mean tokens {summary.mean_tokens:.1f}  "
+        f"answered {summary.answered:.0%}  n {summary.n}  wall {summary.wall_time:.0f}s"
+    )
+    if out:
+        write_eval(out, records, summary)
+        console.print(f"records: {out}")
+
+
+# --------------------------------------------------------------------------------------- tree
+@tree_app.command("show")
+@user_errors
+def tree_show(run_dir: Path, iteration: int, tree_id: str, max_chars: int = 60) -> None:
+    """Print one search tree of a run with visits, Q values and influences."""
+    from dits.search.show import format_tree
+    from dits.search.tree import Tree
+    from dits.store import JsonlLog
+
+    log = JsonlLog(run_dir / f"iter_{iteration}" / "trees.jsonl")
+    if not log.path.exists():
+        raise DitsError(f"{log.path} does not exist; is {run_dir} a run directory with iteration {iteration}?")
+    for record in log:
+        if str(record["instance"]["id"]) == tree_id:
+            console.print(format_tree(Tree.from_dict(record), max_chars=max_chars))
+            return
+    raise DitsError(f"no tree {tree_id!r} in {log.path}; ids: {', '.join(sorted(log.ids())[:10])} ...")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
+
