@@ -38,7 +38,7 @@ class PreferencePair:
         return cls(**data)
 
 
-def branch_pair(tree: Tree, node_id: int) -> PreferencePair:
+def branch_pair(tree: Tree, node_id: int, *, demonstrate: bool = True) -> PreferencePair:
     """The pair at a node with ≥ 2 children: max-Q child vs min-Q child (recomputed now; ties: earlier
     child chosen, later child rejected, so the two always differ)."""
     children = sorted(tree.nodes[node_id].children, key=lambda c: (-tree.nodes[c].value, c))
@@ -51,13 +51,14 @@ def branch_pair(tree: Tree, node_id: int) -> PreferencePair:
         node_id=node_id,
         instance_id=tree.instance.id,
         speaker=speaker,
-        prompt=agent_view(tree.instance, speaker, turns),
+        prompt=agent_view(tree.instance, speaker, turns, demonstrate=demonstrate),
         chosen=best.text,
         rejected=worst.text,
         chosen_value=best.value,
         rejected_value=worst.value,
         meta={
             "depth": len(turns),
+            "context_messages": len(agent_view(tree.instance, speaker, [], demonstrate=demonstrate)),
             "chosen_node": best.id,
             "rejected_node": worst.id,
             "chosen_visits": best.visits,
@@ -66,11 +67,11 @@ def branch_pair(tree: Tree, node_id: int) -> PreferencePair:
     )
 
 
-def extract_pairs(tree: Tree, cfg: PairConfig) -> list[PreferencePair]:
+def extract_pairs(tree: Tree, cfg: PairConfig, *, demonstrate: bool = True) -> list[PreferencePair]:
     """Optima's pairs of one tree: one per branch point, kept iff chosen Q > ``min_chosen_value`` and
     chosen Q − rejected Q > ``min_gap``; then the top ``⌊top_fraction_per_tree · n⌋`` by chosen Q (at
-    least one), best first."""
-    pairs = [branch_pair(tree, node.id) for node in tree.nodes if len(node.children) >= 2]
+    least one), best first. ``demonstrate`` must match the dialogue setting the tree was grown with."""
+    pairs = [branch_pair(tree, n.id, demonstrate=demonstrate) for n in tree.nodes if len(n.children) >= 2]
     kept = [
         p
         for p in pairs

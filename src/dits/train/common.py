@@ -1,0 +1,192 @@
+"""What the SFT and DPO stages share: loading the start model, trainer arguments, atomic output.
+
+* Start model: a base folder (fresh LoRA via TRL's ``peft_config``, or full fine-tuning), or a base plus a
+  LoRA adapter (that adapter is trained further; with ``lora=False`` it is merged first).
+* Arguments: CPU-safe when there is no CUDA (fp32, no gradient checkpointing, ``use_cpu``), no
+  reporting, no checkpoints, a log line (and loss) per optimizer step, seeded.
+* Output: training runs in a hidden work folder next to ``out_dir``; the saved model is renamed to
+  ``out_dir`` only at the end, so a crash never leaves a folder that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Trainer, set_seed
+from transformers.trainer_utils import SchedulerType
+
+from dits.config import LoraSettings, TrainConfig
+from dits.errors import DitsError
+from dits.models import ModelRef, resolve_model
+
+ArgsT = TypeVar("ArgsT")
+log = logging.getLogger(__name__)
+RESULT_FILE = "train_result.json"
+
+
+@dataclass
+class TrainResult:
+    """What a training stage did; ``losses`` has one entry per optimizer step."""
+
+    output: Path
+    examples: int
+    dropped: int
+    steps: int
+    losses: list[float]
+    history: list[dict[str, float]]
+    wall_time: float
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["output"] = str(self.output)
+        return data
+
+
+def as_ref(model: str | ModelRef) -> ModelRef:
+    return resolve_model(model) if isinstance(model, str) else model
+
+
+def load_tokenizer(ref: ModelRef) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(ref.base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def lora_config(settings: LoraSettings) -> LoraConfig:
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model(ref: ModelRef, *, lora: bool) -> Any:
+    """The model a stage starts from, in fp32: the base, or base + adapter (trainable if ``lora``,
+    merged into the weights otherwise)."""
+    model = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch.float32)
+    if ref.adapter is None:
+        return model
+    peft_model = PeftModel.from_pretrained(model, str(ref.adapter), is_trainable=lora)
+    return peft_model if lora else peft_model.merge_and_unload()
+
+
+def peft_config_for(ref: ModelRef, cfg: TrainConfig) -> LoraConfig | None:
+    """A fresh LoRA config for TRL when the stage adds a new adapter (LoRA on a model without one)."""
+    return lora_config(cfg.lora_settings) if cfg.lora and ref.adapter is None else None
+
+
+def trainer_args(
+    config_cls: Callable[..., ArgsT], cfg: TrainConfig, work_dir: Path, seed: int, **extra: Any
+) -> ArgsT:
+    """TRL config (``SFTConfig``/``DPOConfig``) from a `TrainConfig`; CPU-safe without CUDA."""
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise DitsError(f"train warmup_ratio must be in [0, 1), not {cfg.warmup_ratio}")
+    try:
+        SchedulerType(cfg.lr_scheduler)
+    except ValueError as exc:
+        choices = ", ".join(s.value for s in SchedulerType)
+        raise DitsError(
+            f"train lr_scheduler {cfg.lr_scheduler!r} is unknown; choose one of {choices}"
+        ) from exc
+    cuda = torch.cuda.is_available()
+    return config_cls(
+        output_dir=str(work_dir),
+        seed=seed,
+        data_seed=seed,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=cfg.lr_scheduler,
+        max_length=cfg.max_length,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        fp16=False,
+        activation_checkpointing=cuda,
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+def save_model(model: Any, base: str, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """An HF folder: the trained adapter (pointing at ``base``) or the full model, plus the tokenizer."""
+    if isinstance(model, PeftModel):
+        model.peft_config["default"].base_model_name_or_path = base
+        model.save_pretrained(str(folder), selected_adapters=["default"])  # not TRL's frozen "ref" copy
+    else:
+        model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+
+
+def train_and_save(
+    make_trainer: Callable[[Path], Trainer],
+    *,
+    base: str,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: Path,
+    seed: int,
+    rows: int,
+) -> TrainResult:
+    """Build a trainer (seeded), train it, save atomically to ``out_dir``, report.
+
+    ``rows`` is the number of rows the caller was given; the ones missing from the trainer's dataset
+    (dropped by our length fitting or by TRL) are reported as ``dropped``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.work-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    work = out_dir.parent / f".{out_dir.name}.work-{uuid.uuid4().hex[:8]}"
+    started = time.perf_counter()
+    try:
+        set_seed(seed)
+        trainer = make_trainer(work / "trainer")
+        trainer.train()
+        history = [dict(entry) for entry in trainer.state.log_history]
+        examples = len(trainer.train_dataset)
+        if examples < rows:
+            log.warning(
+                "%d of %d training rows do not fit max_length and were left out", rows - examples, rows
+            )
+        result = TrainResult(
+            output=out_dir,
+            examples=examples,
+            dropped=rows - examples,
+            steps=trainer.state.global_step,
+            losses=[float(entry["loss"]) for entry in history if "loss" in entry],
+            history=history,
+            wall_time=time.perf_counter() - started,
+        )
+        staged = work / "model"
+        save_model(trainer.accelerator.unwrap_model(trainer.model), base, tokenizer, staged)
+        (staged / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1))
+        _replace_dir(staged, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``; an existing ``dst`` is moved aside first and deleted after."""
+    old = dst.parent / f".{dst.name}.work-old-{uuid.uuid4().hex[:8]}"
+    if dst.exists():
+        dst.rename(old)
+    src.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
