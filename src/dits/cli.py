@@ -80,7 +80,9 @@ def _parse_pairs(items: list[str], what: str) -> dict[str, Any]:
 DataFileOpt = Annotated[
     list[str] | None, typer.Option("--data-file", help="SPLIT=PATH of a local data file (repeatable)")
 ]
-TaskOptionOpt = Annotated[list[str] | None, typer.Option("--option", help="task option KEY=VALUE (repeatable)")]
+TaskOptionOpt = Annotated[
+    list[str] | None, typer.Option("--option", help="task option KEY=VALUE (repeatable)")
+]
 
 
 @tasks_app.command("show")
@@ -96,7 +98,9 @@ def tasks_show(
     from dits.mas.render import agent_view
     from dits.tasks.registry import get_task
 
-    task = get_task(name, _parse_pairs(data_file or [], "--data-file") or None, **_parse_pairs(option or [], "--option"))
+    task = get_task(
+        name, _parse_pairs(data_file or [], "--data-file") or None, **_parse_pairs(option or [], "--option")
+    )
     for instance in itertools.islice(task.instances(split), n):  # type: ignore[arg-type]
         console.rule(f"{instance.id}  gold: {list(instance.answers)}")
         for speaker in ("alice", "bob"):
@@ -115,7 +119,9 @@ def eval_command(
     out: Path | None = None,
     data_file: DataFileOpt = None,
     option: TaskOptionOpt = None,
-    config: Annotated[Path | None, typer.Option(help="take dialogue/engine settings from this run config")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="take dialogue/engine settings from this run config")
+    ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE")] = None,
     self_consistency: int = 0,
     seed: int = 0,
@@ -135,7 +141,13 @@ def eval_command(
     instances = take(system.task, split, limit)
     engine = make_engine(cfg.engine, model)
     records, summary = evaluate(
-        system, instances, engine, model_label=model, split=split, seed=seed, self_consistency=self_consistency
+        system,
+        instances,
+        engine,
+        model_label=model,
+        split=split,
+        seed=seed,
+        self_consistency=self_consistency,
     )
     console.print(
         f"[bold]{task}[/bold] {split}: score {summary.score:.3f}  mean tokens {summary.mean_tokens:.1f}  "
@@ -144,6 +156,22 @@ def eval_command(
     if out:
         write_eval(out, records, summary)
         console.print(f"records: {out}")
+
+
+# --------------------------------------------------------------------------------------- run
+@app.command("run")
+@user_errors
+def run_command(
+    config: Annotated[Path, typer.Argument(help="YAML run config (see configs/)")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="dotted overrides, e.g. loop.iterations=1")
+    ] = None,
+) -> None:
+    """Run the whole iterative pipeline of a config; re-running the same command resumes it."""
+    from dits.config import load_config
+    from dits.loop import run
+
+    run(load_config(config, overrides or []))
 
 
 # --------------------------------------------------------------------------------------- tree
@@ -157,7 +185,9 @@ def tree_show(run_dir: Path, iteration: int, tree_id: str, max_chars: int = 60) 
 
     log = JsonlLog(run_dir / f"iter_{iteration}" / "trees.jsonl")
     if not log.path.exists():
-        raise DitsError(f"{log.path} does not exist; is {run_dir} a run directory with iteration {iteration}?")
+        raise DitsError(
+            f"{log.path} does not exist; is {run_dir} a run directory with iteration {iteration}?"
+        )
     for record in log:
         if str(record["instance"]["id"]) == tree_id:
             console.print(format_tree(Tree.from_dict(record), max_chars=max_chars))
@@ -171,4 +201,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

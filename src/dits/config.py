@@ -37,6 +37,7 @@ class EngineConfig(Section):
     batch_size: int = Field(32, ge=1)
     device: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    cache: Literal["static", "dynamic"] = "static"
 
 
 class DialogueConfig(Section):

@@ -14,4 +14,4 @@ def make_engine(cfg: EngineConfig, model: str) -> Engine:
         return FakeEngine()
     from dits.engines.hf import HFEngine
 
-    return HFEngine(model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype)
+    return HFEngine(model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype, cache=cfg.cache)

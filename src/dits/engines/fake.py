@@ -80,5 +80,9 @@ class FakeEngine:
         """Register an adapter name (the responder sees it as ``request.adapter``)."""
         self._adapters.add(name)
 
+    def load_adapter(self, name: str, path: object) -> None:
+        """Pretend to load a saved adapter (only its name matters to the fake engine)."""
+        self.add_adapter(name)
+
     def adapters(self) -> list[str]:
         return sorted(self._adapters)

@@ -70,6 +70,7 @@ class HFEngine:
         batch_size: int = 32,
         device: str | None = None,
         dtype: str = "auto",
+        cache: str = "static",
     ) -> None:
         ref = resolve_model(model) if isinstance(model, str) else model
         self.ref = ref
@@ -82,6 +83,7 @@ class HFEngine:
         self.model: Any = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch_dtype).to(self.device)
         self.model.eval()
         self.batch_size = batch_size
+        self.cache = cache  # "static" pre-allocates the KV cache: ~2x faster decoding on CPU than "dynamic"
         self.default_adapter: str | None = None
         self.stats = EngineStats()
         if ref.adapter is not None:
@@ -192,6 +194,7 @@ class HFEngine:
                 do_sample=False,
                 logits_processor=processors,
                 pad_token_id=pad,
+                cache_implementation=self.cache,
                 **adapter_kwargs,
                 **kwargs,
             )

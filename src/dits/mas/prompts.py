@@ -8,10 +8,10 @@ conversation as the first user message (see `dits.mas.render`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from string import Template
 
-from dits.engines.base import Message
 from dits.tasks.base import AnswerFormat, Family
 
 NAMES = {"alice": "Alice", "bob": "Bob"}
@@ -89,43 +89,57 @@ def system_prompt(
     return text
 
 
-def demonstration(family: Family, speaker: str, answer_format: AnswerFormat) -> list[Message]:
-    """A one-exchange worked example shown before the real conversation.
+@dataclass(frozen=True)
+class Demonstration:
+    """A worked example exchange: a tiny made-up problem, what the partner said (if anything) and the
+    reply we want. `dits.mas.render` renders it exactly like a real conversation."""
+
+    question: str
+    answers: tuple[str, ...]
+    own_information: tuple[str, ...]
+    partner_said: str | None
+    reply: str
+
+
+def demonstration(family: Family, speaker: str, answer_format: AnswerFormat) -> Demonstration:
+    """The worked example for a family and speaker.
 
     Small chat models follow a demonstrated reply far better than written rules (the untrained 135M
     model almost never states ``<A>...</A>`` without one). Switch off with ``dialogue.demonstration``.
     """
-    partner = NAMES[PARTNER[speaker]]
+    slot = functools.partial(format_answer, answer_format=answer_format)
     if family == "qa":
-        opening = (
-            "Question: Who was born first, Ann Fox or Bo Lee?\nYour information:\n"
-            f"- Ann Fox was born in 1950.\n- Max Ray lives in Kiev.\n\n{partner}: Bo Lee b. 1970. "
-            + format_answer("Bo Lee", answer_format)
+        return Demonstration(
+            "Who was born first, Ann Fox or Bo Lee?",
+            ("Ann Fox",),
+            ("Ann Fox was born in 1950.", "Max Ray lives in Kiev."),
+            "Bo Lee b. 1970. " + slot("Bo Lee"),
+            "Ann Fox b. 1950, Bo Lee b. 1970, so Ann Fox. " + slot("Ann Fox"),
         )
-        reply = "Ann Fox b. 1950, Bo Lee b. 1970, so Ann Fox. " + format_answer("Ann Fox", answer_format)
-    elif answer_format == "boxed":
-        problem = "Problem: Sam has 3 boxes with 4 pens each. He gives away 5 pens. How many pens are left?"
+    if answer_format == "boxed":
+        question = "Sam has 3 boxes with 4 pens each. He gives away 5 pens. How many pens are left?"
         if speaker == "alice":
-            opening, reply = problem, "3 * 4 = 12 pens. 12 - 5 = 7. " + format_answer("7", answer_format)
-        else:
-            opening = f"{problem}\n\n{partner}: 3 * 4 = 12 pens. 12 - 5 = 8. " + format_answer(
-                "8", answer_format
-            )
-            reply = "Mistake: 12 - 5 = 7, not 8. " + format_answer("7", answer_format)
-    else:
-        problem = (
-            "Problem: Which gas do plants take in to make food? Choose from: oxygen, carbon dioxide, helium"
+            return Demonstration(question, ("7",), (), None, "3 * 4 = 12 pens. 12 - 5 = 7. " + slot("7"))
+        return Demonstration(
+            question,
+            ("7",),
+            (),
+            "3 * 4 = 12 pens. 12 - 5 = 8. " + slot("8"),
+            "Mistake: 12 - 5 = 7. " + slot("7"),
         )
-        if speaker == "alice":
-            opening, reply = (
-                problem,
-                "Plants take in carbon dioxide. " + format_answer("carbon dioxide", answer_format),
-            )
-        else:
-            opening = f"{problem}\n\n{partner}: Plants take in oxygen. " + format_answer(
-                "oxygen", answer_format
-            )
-            reply = "Mistake: plants take in carbon dioxide. " + format_answer(
-                "carbon dioxide", answer_format
-            )
-    return [{"role": "user", "content": opening}, {"role": "assistant", "content": reply}]
+    question = "Which gas do plants take in to make food? Choose from: oxygen, carbon dioxide, helium"
+    if speaker == "alice":
+        return Demonstration(
+            question,
+            ("carbon dioxide",),
+            (),
+            None,
+            "Plants take in carbon dioxide. " + slot("carbon dioxide"),
+        )
+    return Demonstration(
+        question,
+        ("carbon dioxide",),
+        (),
+        "Plants take in oxygen. " + slot("oxygen"),
+        "Mistake: plants take in carbon dioxide. " + slot("carbon dioxide"),
+    )

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from dits.engines.base import Message
-from dits.mas.prompts import NAMES, FormatHint, demonstration, system_prompt
+from dits.mas.prompts import ANSWER_SLOTS, NAMES, PARTNER, FormatHint, demonstration, system_prompt
 from dits.tasks.base import TaskInstance
 
 if TYPE_CHECKING:
@@ -29,11 +29,32 @@ def render_context(paragraphs: Sequence[str]) -> str:
 
 
 def opening_message(instance: TaskInstance, speaker: str) -> str:
-    """The first user message of ``speaker``'s view: the question and the speaker's own information."""
+    """The first user message of ``speaker``'s view: the question, the speaker's own information and a
+    one-line reminder of the answer format (small models forget it otherwise)."""
+    reminder = f"(End your reply with {ANSWER_SLOTS[instance.answer_format]}.)"
     if instance.family == "debate":
-        return f"Problem: {instance.question}"
+        return f"Problem: {instance.question}\n{reminder}"
     info = render_context(instance.context.get(speaker, ())) or "(none)"
-    return f"Question: {instance.question}\nYour information:\n{info}"
+    return f"Question: {instance.question}\nYour information:\n{info}\n{reminder}"
+
+
+def demonstration_messages(instance: TaskInstance, speaker: str) -> list[Message]:
+    """The worked example exchange, rendered like a real opening (user) and reply (assistant)."""
+    demo = demonstration(instance.family, speaker, instance.answer_format)
+    example = TaskInstance(
+        id="demo",
+        task="demo",
+        family=instance.family,
+        question=demo.question,
+        answers=demo.answers,
+        metric=instance.metric,
+        answer_format=instance.answer_format,
+        context={speaker: demo.own_information} if demo.own_information else {},
+    )
+    opening = opening_message(example, speaker)
+    if demo.partner_said is not None:
+        opening += f"\n\n{NAMES[PARTNER[speaker]]}: {demo.partner_said}"
+    return [{"role": "user", "content": opening}, {"role": "assistant", "content": demo.reply}]
 
 
 def agent_view(
@@ -53,7 +74,7 @@ def agent_view(
         {"role": "system", "content": system_prompt(family, speaker, fmt, format_hint)}
     ]
     if demonstrate:
-        messages += demonstration(family, speaker, fmt)
+        messages += demonstration_messages(instance, speaker)
     messages.append({"role": "user", "content": opening_message(instance, speaker)})
     for turn in turns:
         if turn.speaker == speaker:

@@ -1,0 +1,86 @@
+"""iSFT data: sample N dialogues per task, score them, keep the best per task, keep the top band above ε.
+
+At iteration 0 each dialogue gets a communication format from the pool (`FORMAT_POOL`) and the lower
+initial temperature; later iterations use the base prompts. The SFT records are always re-rendered
+under the base prompts (see `dits.train.records.sft_rows`), so the model learns the concise formats
+without being told to use them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from dits.config import ISFTConfig
+from dits.engines.base import SamplingParams, derive_seed
+from dits.engines.batching import Program, parallel
+from dits.mas.dialogue import Dialogue, TwoAgentSystem
+from dits.mas.prompts import FORMAT_POOL
+from dits.reward import RewardBreakdown, RewardWeights, reward_program
+from dits.tasks.base import TaskInstance
+
+
+def group_token_norm(dialogues: Sequence[Dialogue]) -> float:
+    """Optima's iSFT normaliser: the longest dialogue of the group, ignoring ones with an overlong turn."""
+    lengths = [d.tokens for d in dialogues if not any(t.overlong for t in d.turns)]
+    return float(max(lengths or [d.tokens for d in dialogues] or [1]))
+
+
+def sample_instance(
+    system: TwoAgentSystem,
+    instance: TaskInstance,
+    cfg: ISFTConfig,
+    weights: RewardWeights,
+    *,
+    seed: int,
+    first_iteration: bool,
+    adapter: str | None,
+) -> Program[dict[str, Any]]:
+    """A program: N dialogues of one task (run in the same waves), then their rewards."""
+    use_pool = first_iteration and cfg.format_pool
+    temperature = cfg.initial_temperature if first_iteration else cfg.temperature
+    params = SamplingParams(temperature=temperature)
+    hints = [
+        FORMAT_POOL[derive_seed(seed, instance.id, k, "format") % len(FORMAT_POOL)] if use_pool else None
+        for k in range(cfg.samples_per_task)
+    ]
+    dialogues: list[Dialogue] = yield from parallel(
+        system.converse(
+            instance, params, seed=derive_seed(seed, instance.id, k), adapter=adapter, format_hint=hint
+        )
+        for k, hint in enumerate(hints)
+    )
+    norm = group_token_norm(dialogues)
+    rewards: list[RewardBreakdown] = yield from parallel(
+        reward_program(d, system.score(d, instance), norm, weights) for d in dialogues
+    )
+    return {
+        "id": instance.id,
+        "instance": instance.to_dict(),
+        "dialogues": [d.to_dict() for d in dialogues],
+        "rewards": [r.to_dict() for r in rewards],
+    }
+
+
+def best_dialogue(record: dict[str, Any]) -> tuple[int, float]:
+    """Index and reward of the best dialogue of a sampled task; impersonating dialogues never win."""
+    scored = [(-math.inf if r["impersonation"] else r["total"], -k) for k, r in enumerate(record["rewards"])]
+    value, negative_index = max(scored)
+    return -negative_index, value
+
+
+def select_sft_dialogues(
+    records: Sequence[dict[str, Any]], cfg: ISFTConfig
+) -> list[tuple[TaskInstance, Dialogue, float]]:
+    """Best dialogue per task; tasks ranked by it; keep the band (drop_top, keep_top]; drop those < ε."""
+    best = []
+    for record in records:
+        index, value = best_dialogue(record)
+        if value > -math.inf:
+            dialogue = Dialogue.from_dict(record["dialogues"][index])
+            best.append((TaskInstance.from_dict(record["instance"]), dialogue, value))
+    best.sort(key=lambda item: (-item[2], item[0].id))
+    start = math.floor(cfg.drop_top_fraction * len(best))
+    stop = math.floor(cfg.keep_top_fraction * len(best) + 1e-9)
+    return [item for item in best[start:stop] if item[2] >= cfg.min_reward]

@@ -1,0 +1,123 @@
+"""The iterative drivers end to end on the fake engine + tiny-random training, and crash/resume."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from dits.config import load_config
+from dits.engines.base import GenerationRequest, SamplingParams
+from dits.engines.fake import FakeEngine
+from dits.errors import DitsError
+from dits.loop import plan_blocks, run
+
+SMALL = [
+    "task.name=synth-ie",
+    "engine.kind=fake",
+    "isft.tasks_per_iteration=4",
+    "isft.samples_per_task=3",
+    "isft.min_reward=-10",
+    "search.tasks_per_iteration=3",
+    "search.expansions=2",
+    "search.rollouts_per_expansion=2",
+    "search.token_budget_tasks=2",
+    "pairs.min_chosen_value=-10",
+    "pairs.min_gap=-10",
+    "eval.limit=3",
+    "sft.batch_size=2",
+    "dpo.batch_size=2",
+    "sft.max_length=512",
+    "dpo.max_length=512",
+    "loop.iterations=1",
+    "dialogue.max_turns=3",
+    "dialogue.demonstration=false",
+]
+
+
+def guessing_responder(request: GenerationRequest, params: SamplingParams, rng: random.Random) -> str:
+    """Names one of the people asked about (right about half the time), sometimes with filler."""
+    question = next(m["content"] for m in reversed(request.messages) if m["content"].startswith("Question:"))
+    names = re.findall(r"first, (.+?) or (.+?)\?", question) or [("Oslo", "Lima")]
+    pick = names[0][0] if params.greedy else rng.choice(names[0])
+    filler = "" if params.greedy else rng.choice(["", "I recall the years. ", "Not sure, "])
+    return f"{filler}<A>{pick}</A>"
+
+
+def config(tmp_path, tiny_model, method: str, *extra: str):
+    return load_config(
+        None,
+        [f"name={method}", f"runs_dir={tmp_path}", f"model={tiny_model}", f"method={method}", *SMALL, *extra],
+    )
+
+
+@pytest.mark.parametrize("method", ["isft", "idpo", "isft-dpo"])
+def test_each_optima_method_runs_and_evaluates(tmp_path, tiny_model, method) -> None:
+    cfg = config(tmp_path, tiny_model, method)
+    results = run(cfg, engine=FakeEngine(guessing_responder))
+    assert set(results) == {"base", "iter_0"}
+    manifest = json.loads((cfg.run_dir / "manifest.json").read_text())
+    stages = manifest["stages"]
+    assert all(s["status"] == "done" for s in stages.values())
+    has_dpo = method != "isft"
+    assert ("iter_0/dpo" in stages) == has_dpo
+    assert ("init/sft" in stages) == (method == "idpo")
+    assert (cfg.run_dir / "eval" / "iter_0.json").exists()
+    assert (cfg.run_dir / "config.yaml").exists()
+
+
+def test_blocks_give_every_stage_fresh_tasks(tmp_path, tiny_model) -> None:
+    cfg = config(tmp_path, tiny_model, "isft-dpo", "loop.iterations=2")
+    assert plan_blocks(cfg) == {
+        "iter_0/samples": (0, 4),
+        "iter_0/trees": (4, 3),
+        "iter_1/samples": (7, 4),
+        "iter_1/trees": (11, 3),
+    }
+
+
+class Crash(Exception):
+    pass
+
+
+def crashing_engine(after_calls: int) -> FakeEngine:
+    """A fake engine that raises (like a kill) at its ``after_calls``-th generate call."""
+    engine = FakeEngine(guessing_responder)
+    generate = engine.generate
+
+    def wrapped(requests, params):
+        if len(engine.calls) >= after_calls:
+            raise Crash
+        return generate(requests, params)
+
+    engine.generate = wrapped  # type: ignore[method-assign]
+    return engine
+
+
+def artefacts(run_dir) -> dict[str, str]:
+    return {str(p.relative_to(run_dir)): p.read_text() for p in sorted(run_dir.rglob("*.jsonl"))}
+
+
+@pytest.mark.parametrize("crash_at", [0.3, 0.7])
+def test_killed_run_resumes_to_identical_artefacts(tmp_path, tiny_model, crash_at) -> None:
+    reference = config(tmp_path / "a", tiny_model, "isft-dpo")
+    engine = FakeEngine(guessing_responder)
+    run(reference, engine=engine)
+
+    resumed = config(tmp_path / "b", tiny_model, "isft-dpo")
+    with pytest.raises(Crash):  # killed in the middle of a stage
+        run(resumed, engine=crashing_engine(int(crash_at * len(engine.calls))))
+    run(resumed, engine=FakeEngine(guessing_responder))
+    assert artefacts(resumed.run_dir) == artefacts(reference.run_dir)
+    a = json.loads((reference.run_dir / "eval" / "iter_0.json").read_text())["summary"]
+    b = json.loads((resumed.run_dir / "eval" / "iter_0.json").read_text())["summary"]
+    assert a["score"] == b["score"] and a["mean_tokens"] == b["mean_tokens"]
+
+
+def test_resuming_with_another_config_is_refused(tmp_path, tiny_model) -> None:
+    cfg = config(tmp_path, tiny_model, "isft")
+    run(cfg, engine=FakeEngine(guessing_responder))
+    with pytest.raises(DitsError, match="different config"):
+        run(config(tmp_path, tiny_model, "isft", "isft.samples_per_task=2"), engine=FakeEngine())
