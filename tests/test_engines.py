@@ -96,3 +96,32 @@ def test_hf_nll_scores_text_under_base_model(hf_engine) -> None:
     assert all(v > 0 for v in values)
     assert hf_engine.nll(["the cat sat on the mat"])[0] == pytest.approx(values[0], rel=1e-4)
     assert hf_engine.count_tokens("hello world") >= 2
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prefix_reuse_gives_the_same_completions(tiny_model, temperature) -> None:
+    from peft import LoraConfig
+
+    from dits.engines.hf import HFEngine
+
+    system = "You are a careful assistant who answers every question in a few words and nothing else. " * 3
+    requests = [
+        GenerationRequest(
+            [{"role": "system", "content": system}, {"role": "user", "content": p}],
+            adapter=["__base__", "a"][i % 2],
+            seed=i,
+        )
+        for i, p in enumerate(PROMPTS)
+    ]
+    params = SamplingParams(temperature=temperature, max_new_tokens=10)
+    outputs = {}
+    for cache in ("static", "dynamic"):
+        engine = HFEngine(tiny_model, batch_size=8, cache=cache)
+        torch.manual_seed(0)
+        engine.add_adapter_weights(
+            "a", LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False), {}
+        )
+        outputs[cache] = [c[0].text for c in engine.generate(requests, params)]
+        saved = engine.stats.extra.get("prefill_tokens_saved", 0)
+        assert (saved > 0) == (cache == "static")
+    assert outputs["static"] == outputs["dynamic"]

@@ -174,6 +174,15 @@ def run_command(
     run(load_config(config, overrides or []))
 
 
+@app.command("report")
+@user_errors
+def report_command(run_dir: Annotated[Path, typer.Argument(help="a run directory, or a folder of runs")]) -> None:
+    """(Re)build the HTML report and plots of a run (or of all runs in a folder, side by side)."""
+    from dits.report import build_report
+
+    console.print(f"report: {build_report(run_dir)}")
+
+
 # --------------------------------------------------------------------------------------- tree
 @tree_app.command("show")
 @user_errors

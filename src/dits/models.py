@@ -28,6 +28,16 @@ BUILTIN_MODELS = {
 }
 
 
+def quiet_libraries() -> None:
+    """Silence per-file progress bars of transformers/datasets (weight loading, dataset mapping); our
+    stages show their own bars, and trainers keep theirs."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def cache_dir() -> Path:
     """Where built-in models are converted to (``$DITS_HOME/models``)."""
     home = Path(os.environ.get("DITS_HOME", Path.home() / ".cache" / "dits"))

@@ -1,6 +1,8 @@
 """Hugging Face transformers engine: batched, left-padded ``generate`` with per-row seeds and LoRA adapters.
 
 * Rows are sorted by prompt length and cut into micro-batches, so padding stays small.
+* The leading tokens all rows of a micro-batch share (system prompt, worked example) are computed once
+  per adapter and copied into a static KV cache; prefill dominates CPU cost, so this matters.
 * Sampling draws each row's randomness from its own generator seeded by the request seed (Gumbel-max
   over temperature-scaled, top-p-filtered logits), so a completion does not depend on its batch.
 * Requests may name different LoRA adapters; one micro-batch then runs them together through PEFT's
@@ -21,10 +23,23 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, L
 
 from dits.engines.base import Completion, EngineStats, GenerationRequest, SamplingParams, derive_seed
 from dits.errors import DitsError
-from dits.models import ModelRef, resolve_model
+from dits.models import ModelRef, quiet_libraries, resolve_model
 
 BASE = "__base__"
 POLICY = "policy"
+MIN_SHARED_PREFIX = 16
+PREFIX_GROUPING = 48
+"""Rows of a micro-batch sharing at least this many leading tokens compute them once (KV reuse)."""
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the common leading tokens of all prompts, leaving every prompt at least one own token."""
+    first = prompts[0]
+    limit = min(len(p) for p in prompts) - 1
+    length = 0
+    while length < limit and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return length
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -72,6 +87,7 @@ class HFEngine:
         dtype: str = "auto",
         cache: str = "static",
     ) -> None:
+        quiet_libraries()
         ref = resolve_model(model) if isinstance(model, str) else model
         self.ref = ref
         self.device = pick_device(device)
@@ -159,7 +175,7 @@ class HFEngine:
             for index, request in enumerate(requests)
             for sample in range(params.n)
         ]
-        rows.sort(key=lambda row: len(row[2]))
+        rows.sort(key=lambda row: (row[2][:PREFIX_GROUPING], len(row[2])))  # same prompt start together
         out: list[list[Completion | None]] = [[None] * params.n for _ in requests]
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
@@ -178,8 +194,18 @@ class HFEngine:
     ) -> list[Completion]:
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        shared = shared_prefix_length(prompts) if self.cache == "static" and len(prompts) > 1 else 0
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0
+        # Layout per row: [shared prefix][left padding][rest of the prompt]. Positions come from the
+        # attention mask, so padding in the middle is invisible to the model.
+        input_ids = torch.tensor(
+            [p[:shared] + [pad] * (width - len(p)) + p[shared:] for p in prompts], device=self.device
+        )
+        attention = torch.tensor(
+            [[1] * shared + [0] * (width - len(p)) + [1] * (len(p) - shared) for p in prompts],
+            device=self.device,
+        )
         processors = LogitsProcessorList()
         if not params.greedy:
             processors.append(SeededSampler(seeds, params.temperature, params.top_p))
@@ -187,6 +213,12 @@ class HFEngine:
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         with self._adapter_context(adapters) as adapter_kwargs:
+            if shared:
+                kwargs["cache"] = self._prefilled_cache(
+                    input_ids[:, :shared], adapters, adapter_kwargs, width + params.max_new_tokens
+                )
+            else:
+                kwargs["cache_implementation"] = self.cache
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
@@ -194,11 +226,31 @@ class HFEngine:
                 do_sample=False,
                 logits_processor=processors,
                 pad_token_id=pad,
-                cache_implementation=self.cache,
                 **adapter_kwargs,
                 **kwargs,
             )
+        self.stats.extra["prefill_tokens_saved"] = self.stats.extra.get(
+            "prefill_tokens_saved", 0
+        ) + shared * (len(prompts) - len(set(adapters)))
         return [self._completion(row[width:].tolist(), params) for row in output]
+
+    def _prefilled_cache(
+        self, prefix: torch.Tensor, adapters: list[str], adapter_kwargs: dict[str, Any], max_len: int
+    ) -> Any:
+        """A static KV cache whose first positions hold the shared prefix, computed once per adapter."""
+        from transformers import StaticCache
+
+        unique = sorted(set(adapters))
+        rows = [unique.index(a) for a in adapters]
+        extra = {"adapter_names": unique} if "adapter_names" in adapter_kwargs else {}
+        out = self.model(
+            input_ids=prefix[:1].expand(len(unique), -1), use_cache=True, logits_to_keep=1, **extra
+        )
+        index = torch.tensor(rows, device=self.device)
+        cache = StaticCache(config=self.model.config, max_cache_len=max_len)
+        for layer, computed in zip(cache.layers, out.cache.layers, strict=True):
+            layer.update(computed.keys.index_select(0, index), computed.values.index_select(0, index))
+        return cache
 
     def _completion(self, new_ids: list[int], params: SamplingParams) -> Completion:
         eos = self.tokenizer.eos_token_id

@@ -27,7 +27,7 @@ from transformers.trainer_utils import SchedulerType
 
 from dits.config import LoraSettings, TrainConfig
 from dits.errors import DitsError
-from dits.models import ModelRef, resolve_model
+from dits.models import ModelRef, quiet_libraries, resolve_model
 
 ArgsT = TypeVar("ArgsT")
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class TrainResult:
 
 
 def as_ref(model: str | ModelRef) -> ModelRef:
+    """The start model of a stage, resolved (and library progress bars silenced: the trainer has its own)."""
+    quiet_libraries()
     return resolve_model(model) if isinstance(model, str) else model
 
 
