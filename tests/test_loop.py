@@ -121,3 +121,40 @@ def test_resuming_with_another_config_is_refused(tmp_path, tiny_model) -> None:
     run(cfg, engine=FakeEngine(guessing_responder))
     with pytest.raises(DitsError, match="different config"):
         run(config(tmp_path, tiny_model, "isft", "isft.samples_per_task=2"), engine=FakeEngine())
+
+
+DITS_SMALL = [
+    "engine.kind=hf",
+    "dialogue.max_utterance_tokens=6",
+    "dialogue.max_turns=2",
+    "influence.validation_tasks=2",
+    "influence.group_size=2",
+    "influence.warmup_steps=1",
+    "influence.probe_lr=0.001",
+    "influence.adapters_per_batch=4",
+]
+
+
+def test_dits_runs_with_influence_selection_and_guided_search(tmp_path, tiny_model) -> None:
+    cfg = config(tmp_path, tiny_model, "dits", *DITS_SMALL, "search.guidance=influence", "search.rounds=2")
+    results = run(cfg)
+    assert set(results) == {"base", "iter_0"}
+    stages = json.loads((cfg.run_dir / "manifest.json").read_text())["stages"]
+    for key in (
+        "iter_0/trees/round_0",
+        "iter_0/influence/round_0",
+        "iter_0/trees",
+        "iter_0/influence",
+        "iter_0/selected",
+    ):
+        assert stages[key]["status"] == "done", key
+    groups = [
+        json.loads(line) for line in (cfg.run_dir / "iter_0" / "influence.jsonl").read_text().splitlines()
+    ]
+    assert {g["stage"] for g in groups} <= {"iter_0/influence/round_0", "iter_0/influence"}
+    pairs = (cfg.run_dir / "iter_0" / "pairs.jsonl").read_text().splitlines()
+    selected = (cfg.run_dir / "iter_0" / "selected.jsonl").read_text().splitlines()
+    assert 1 <= len(selected) <= max(1, len(pairs) // 2)
+    trees = [json.loads(line) for line in (cfg.run_dir / "iter_0" / "trees.jsonl").read_text().splitlines()]
+    probed_nodes = [n for t in trees for n in t["nodes"] if n.get("influence") is not None]
+    assert probed_nodes  # round-0 probes were written onto their branch nodes before round 1

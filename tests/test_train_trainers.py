@@ -169,7 +169,17 @@ def pairs_rows() -> list[dict[str, Any]]:
     def pair(history: list[dict[str, str]], chosen: str, rejected: str) -> PreferencePair:
         prompt = [SYSTEM, {"role": "user", "content": "Who directed Film X?"}, *history]
         return PreferencePair(
-            "p", "t", 0, "q1", "alice", prompt, chosen, rejected, 1.0, 0.0, {"depth": len(history)}
+            "p",
+            "t",
+            0,
+            "q1",
+            "alice",
+            prompt,
+            chosen,
+            rejected,
+            1.0,
+            0.0,
+            {"depth": len(history), "context_messages": 2},
         )
 
     return dpo_rows(

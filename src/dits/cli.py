@@ -159,6 +159,23 @@ def eval_command(
 
 
 # --------------------------------------------------------------------------------------- run
+@app.command("demo")
+@user_errors
+def demo_command(
+    quick: Annotated[
+        bool, typer.Option(help="one iteration, small sizes (about 15 minutes on 2 CPU cores)")
+    ] = False,
+    runs_dir: str = "runs",
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="dotted config overrides for both runs")
+    ] = None,
+) -> None:
+    """SmolLM2-135M on synth-ie: base vs Optima iSFT-DPO vs DITS iSFT-DPO, a table and report.html."""
+    from dits.demo import run_demo
+
+    run_demo(quick=quick, runs_dir=runs_dir, overrides=overrides or [])
+
+
 @app.command("run")
 @user_errors
 def run_command(
@@ -176,7 +193,9 @@ def run_command(
 
 @app.command("report")
 @user_errors
-def report_command(run_dir: Annotated[Path, typer.Argument(help="a run directory, or a folder of runs")]) -> None:
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory, or a folder of runs")],
+) -> None:
     """(Re)build the HTML report and plots of a run (or of all runs in a folder, side by side)."""
     from dits.report import build_report
 

@@ -139,6 +139,8 @@ class InfluenceConfig(Section):
     racing_initial_tasks: int = Field(4, ge=1)
     racing_keep_fraction: float = Field(0.5, gt=0, le=1)
     adapters_per_batch: int = Field(16, ge=1)
+    proxy_holdout_fraction: float = Field(0.0, ge=0, lt=1)
+    first_order_proxy: bool = False
 
 
 class SelectionConfig(Section):

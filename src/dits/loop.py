@@ -11,6 +11,8 @@ them loaded side by side under their stage names.
 
 from __future__ import annotations
 
+import copy
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,8 @@ from dits.models import ModelRef, resolve_model
 from dits.progress import StageTimer, console, progress_bar
 from dits.runtime import build_system, reward_weights, take
 from dits.search.pairs import PreferencePair, extract_pairs
-from dits.search.policy import QPolicy
-from dits.search.runner import search, token_budget
+from dits.search.policy import InfluencePolicy, NodePolicy, QPolicy
+from dits.search.runner import grow, round_sizes, token_budget
 from dits.search.tree import Tree
 from dits.store import RunStore, write_atomic
 from dits.tasks.base import TaskInstance
@@ -127,6 +129,10 @@ class Run:
             self.engine.load_adapter(name, path)  # type: ignore[attr-defined]
         return name
 
+    def adapter_name(self, it: str, stage: str) -> str:
+        """Engine-wide unique adapter name (runs may share an engine, e.g. in the demo)."""
+        return re.sub(r"\W", "_", f"{self.cfg.name}_{it}_{stage}")
+
     def model_ref(self, policy: Policy) -> ModelRef:
         return resolve_model(self.cfg.model) if policy is None else resolve_model(str(policy[1]))
 
@@ -221,12 +227,13 @@ class Run:
             }
 
         self.stage(f"{it}/sft", work)
-        return (f"{it.replace('/', '_')}_sft", out)
+        return (self.adapter_name(it, "sft"), out)
 
     def search_trees(self, it: str, policy: Policy) -> list[Tree]:
-        """Token budget probe, then wave-batched tree search over a fresh block of tasks."""
-        key = f"{it}/trees"
-        instances = self.train_instances(key)
+        """Token budget probe, then wave-batched tree search over a fresh block of tasks: Q-guided in one
+        go, or (``search.guidance: influence``) in rounds with the pairs of each round probed before the
+        next, so node priority mixes Q with measured influence."""
+        instances = self.train_instances(f"{it}/trees")
         adapter = self.adapter(policy)
         budget = self.stage(
             f"{it}/token_budget",
@@ -241,27 +248,72 @@ class Run:
                 )
             },
         )["token_budget"]
-        log = self.store.log(it, "trees.jsonl")
+        guided = self.cfg.search.guidance == "influence"
+        sizes = round_sizes(self.cfg.search.expansions, self.cfg.search.rounds if guided else 1)
+        trees = [Tree(instance) for instance in instances]
+        for r, expansions in enumerate(sizes):
+            last = r == len(sizes) - 1
+            name = "trees.jsonl" if last else f"trees_round{r}.jsonl"
+            key = f"{it}/trees" if last else f"{it}/trees/round_{r}"
+            node_policy = self._node_policy(it, trees) if guided and r > 0 else QPolicy()
+            trees = self._grow(key, it, name, trees, expansions, budget, node_policy, adapter)
+            if not last:
+                self._probe_round(it, r, policy, trees)
+        return trees
+
+    def _node_policy(self, it: str, trees: Sequence[Tree]) -> NodePolicy:
+        """Q + γ_s·Î with the influence of every pair probed so far written onto its branch node."""
+        from dits.influence.selection import assign_influence, influence_bounds
+        from dits.influence.stage import probed_influence
+
+        influence = probed_influence(self, it)
+        assign_influence(trees, self._extract(trees), influence)
+        return InfluencePolicy(self.cfg.search.influence_weight, bounds=influence_bounds(influence))
+
+    def _probe_round(self, it: str, r: int, policy: Policy, trees: Sequence[Tree]) -> None:
+        from dits.influence.stage import probe
+
+        probe(self, f"{it}/influence/round_{r}", it, policy, self._extract(trees))
+
+    def _extract(self, trees: Sequence[Tree]) -> list[PreferencePair]:
+        demonstrate = self.cfg.dialogue.demonstration
+        return [p for t in trees for p in extract_pairs(t, self.cfg.pairs, demonstrate=demonstrate)]
+
+    def _grow(
+        self,
+        key: str,
+        it: str,
+        name: str,
+        trees: list[Tree],
+        expansions: int,
+        budget: float,
+        node_policy: NodePolicy,
+        adapter: str | None,
+    ) -> list[Tree]:
+        """Stage ``key``: grow every tree by ``expansions`` (finished trees appended to ``name``)."""
+        log = self.store.log(it, name)
+        instances = [t.instance for t in trees]
 
         def work() -> dict[str, Any]:
             done = log.ids()
-            todo = [i for i in instances if i.id not in done]
-            with progress_bar(f"{it} tree search", len(todo)) as advance:
-                search(
+            todo = [copy.deepcopy(t) for t in trees if t.id not in done]
+            with progress_bar(f"{key} tree search", len(todo)) as advance:
+                grow(
                     self.system,
                     todo,
                     self.engine,
+                    expansions,
                     self.cfg.search,
                     self.weights,
                     budget,
                     seed=self.seed(it, "search"),
-                    policy=QPolicy(),
+                    policy=node_policy,
                     adapter=adapter,
                     on_tree_done=lambda tree: (log.append({"id": tree.id, **tree.to_dict()}), advance(1)),
                 )
-            trees = _in_order(log.read(), instances)
-            write_atomic(log.path, "".join(_json_line(t) for t in trees))
-            return {"trees": len(trees), "nodes": sum(len(t["nodes"]) for t in trees), "token_budget": budget}
+            grown = _in_order(log.read(), instances)
+            write_atomic(log.path, "".join(_json_line(t) for t in grown))
+            return {"trees": len(grown), "nodes": sum(len(t["nodes"]) for t in grown), "token_budget": budget}
 
         self.stage(key, work)
         return [Tree.from_dict(t) for t in _in_order(log.read(), instances)]
@@ -304,15 +356,15 @@ class Run:
             }
 
         self.stage(f"{it}/dpo", work)
-        return (f"{it.replace('/', '_')}_dpo", out)
+        return (self.adapter_name(it, "dpo"), out)
 
     def influence_and_selection(
         self, it: str, policy: Policy, pairs: list[PreferencePair]
     ) -> list[PreferencePair]:
         """DITS: influence of every candidate group, then H = Q + γ·minmax(I), top α (or an ablation)."""
-        from dits.influence.stage import influence_stage
+        from dits.influence.stage import select
 
-        return influence_stage(self, it, policy, pairs)
+        return select(self, it, policy, pairs)
 
 
 def _json_line(record: dict[str, Any]) -> str:

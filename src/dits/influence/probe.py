@@ -90,18 +90,24 @@ def sequence_logps(
     width = max(len(s.ids) for s in sequences)
     device = next(model.parameters()).device
     ids = torch.tensor([[pad_id] * (width - len(s.ids)) + s.ids for s in sequences], device=device)
-    attention = torch.tensor([[0] * (width - len(s.ids)) + [1] * len(s.ids) for s in sequences], device=device)
+    attention = torch.tensor(
+        [[0] * (width - len(s.ids)) + [1] * len(s.ids) for s in sequences], device=device
+    )
     mask = torch.tensor([[0] * (width - len(s.ids)) + s.mask for s in sequences], device=device)
     mask[:, 0] = 0  # the first token is never predicted
     first = [next((i for i in range(1, len(s.ids)) if s.mask[i]), len(s.ids)) for s in sequences]
     keep = max(len(s.ids) - f for s, f in zip(sequences, first, strict=True)) + 1
-    logits = model(
-        input_ids=ids,
-        attention_mask=attention,
-        position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
-        logits_to_keep=keep,
-        use_cache=False,
-    ).logits[:, :-1].float()
+    logits = (
+        model(
+            input_ids=ids,
+            attention_mask=attention,
+            position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+            logits_to_keep=keep,
+            use_cache=False,
+        )
+        .logits[:, :-1]
+        .float()
+    )
     targets, counted = ids[:, width - keep + 1 :], mask[:, width - keep + 1 :].float()
     token_logps = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
     return (token_logps * counted).sum(-1), counted.sum(-1)
@@ -132,7 +138,6 @@ def dpo_loss(
 class ProbeStats:
     """Work done by a `Prober`."""
 
-    warmup_steps: int = 0
     probe_steps: int = 0
     probe_seconds: float = 0.0
 
@@ -162,6 +167,7 @@ class Prober:
         tokenized, self.unfit = tokenize_pairs(pairs, engine.tokenizer, dpo.max_length)
         self.pairs = {p.id: p for p in tokenized}
         self.chunk = max(1, engine.batch_size // 2)
+        self._flags = {p: p.requires_grad for p in engine.model.parameters()}  # restored by `close`
         self.config = self._create(policy, lora)
         self.params = {n: p for n, p in self.model.named_parameters() if f".{name}." in n}
         with torch.no_grad(), self._active(policy):
@@ -178,12 +184,16 @@ class Prober:
     def _create(self, policy: str | None, lora: LoraSettings | None) -> Any:
         """Add θ* (a copy of the policy adapter, or a seeded fresh LoRA); dropout 0 for determinism."""
         if self.name in self.engine.adapters():
-            self.engine.remove_adapter(self.name)
+            raise DitsError(
+                f"adapter {self.name!r} already exists: close the other Prober on this engine first"
+            )
         if policy is not None:
             if policy not in self.engine.adapters():
                 raise DitsError(f"policy adapter {policy!r} is not loaded in the engine")
             config = copy.deepcopy(self.model.peft_config[policy])
-            state = {k: v.clone() for k, v in get_peft_model_state_dict(self.model, adapter_name=policy).items()}
+            state = {
+                k: v.clone() for k, v in get_peft_model_state_dict(self.model, adapter_name=policy).items()
+            }
         else:
             config, state = lora_config(lora or LoraSettings()), {}
         config.lora_dropout, config.inference_mode = 0.0, False
@@ -228,59 +238,44 @@ class Prober:
 
     # ------------------------------------------------------------------ losses
     def _logps(self, pairs: Sequence[TokenizedPair]) -> list[torch.Tensor]:
-        """Per pair ``[chosen, rejected, chosen tokens]`` under the active adapter, in chunks (no grad)."""
+        """Per pair ``[chosen, rejected, chosen tokens]`` under the active adapter (chunks of pairs)."""
         out = []
         for start in range(0, len(pairs), self.chunk):
             batch = pairs[start : start + self.chunk]
             logps, counts = sequence_logps(
-                self.model, [s for p in batch for s in (p.chosen, p.rejected)], self.engine.tokenizer.pad_token_id
+                self.model,
+                [s for p in batch for s in (p.chosen, p.rejected)],
+                self.engine.tokenizer.pad_token_id,
             )
             out += [torch.stack([logps[2 * i], logps[2 * i + 1], counts[2 * i]]) for i in range(len(batch))]
         return out
 
-    def _batch_loss(self, pair_ids: Sequence[str]) -> torch.Tensor:
-        """DPO loss of ``pair_ids`` under the model as it is (one forward, graph kept)."""
-        pairs = [self.pairs[i] for i in pair_ids]
-        logps, counts = sequence_logps(
-            self.model, [s for p in pairs for s in (p.chosen, p.rejected)], self.engine.tokenizer.pad_token_id
-        )
-        ref = torch.stack([self.reference[i] for i in pair_ids]).to(logps.device)
+    def _loss(self, pair_ids: Sequence[str]) -> torch.Tensor:
+        """DPO loss of ``pair_ids`` under the active adapter against the cached reference."""
+        missing = [i for i in pair_ids if i not in self.pairs]
+        if missing:
+            raise DitsError(f"pairs {missing[:3]} are not in the probe pool (unknown or too long)")
+        values = torch.stack(self._logps([self.pairs[i] for i in pair_ids]))
+        ref = torch.stack([self.reference[i] for i in pair_ids]).to(values.device)
         return dpo_loss(
-            logps[0::2],
-            logps[1::2],
+            values[:, 0],
+            values[:, 1],
             ref[:, 0],
             ref[:, 1],
             beta=self.dpo.beta,
             nll_weight=self.dpo.nll_weight,
-            chosen_tokens=counts[0::2],
+            chosen_tokens=values[:, 2],
         )
 
     @torch.no_grad()
     def loss(self, pair_ids: Sequence[str]) -> float:
         """DPO loss of ``pair_ids`` under θ*'s current weights (mean over pairs)."""
         self.model.set_adapter(self.name)
-        ids = list(pair_ids)
-        rows = self._logps([self.pairs[i] for i in ids])
-        values = torch.stack(rows)
-        ref = torch.stack([self.reference[i] for i in ids])
-        return float(
-            dpo_loss(
-                values[:, 0],
-                values[:, 1],
-                ref[:, 0],
-                ref[:, 1],
-                beta=self.dpo.beta,
-                nll_weight=self.dpo.nll_weight,
-                chosen_tokens=values[:, 2],
-            )
-        )
+        return float(self._loss(list(pair_ids)))
 
     # ------------------------------------------------------------------ steps
     def _step(self, optimizer: torch.optim.Optimizer, pair_ids: Sequence[str]) -> float:
-        missing = [i for i in pair_ids if i not in self.pairs]
-        if missing:
-            raise DitsError(f"pairs {missing[:3]} are not in the probe pool (unknown or too long)")
-        loss = self._batch_loss(pair_ids)
+        loss = self._loss(pair_ids)
         loss.backward()
         optimizer.step()
         return float(loss.detach())
@@ -302,7 +297,6 @@ class Prober:
                 batch, order = order[:batch_size], order[batch_size:]
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(self._step(optimizer, batch))
-        self.stats.warmup_steps += steps
         self.theta = self._snapshot()
         return losses
 
@@ -336,9 +330,14 @@ class Prober:
 
     def state(self) -> dict[str, torch.Tensor]:
         """θ*'s current weights as a PEFT state dict (copies), ready for `HFEngine.add_adapter_weights`."""
-        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model, adapter_name=self.name).items()}
+        return {
+            k: v.detach().clone()
+            for k, v in get_peft_model_state_dict(self.model, adapter_name=self.name).items()
+        }
 
-    def probe(self, pair_ids: Sequence[str], lr: float, optimizer: Optimizer = "adam") -> dict[str, torch.Tensor]:
+    def probe(
+        self, pair_ids: Sequence[str], lr: float, optimizer: Optimizer = "adam"
+    ) -> dict[str, torch.Tensor]:
         """The adapter state after one step from θ* on ``pair_ids`` (θ* itself is left unchanged)."""
         with self.stepped(pair_ids, lr, optimizer):
             return self.state()
@@ -347,10 +346,15 @@ class Prober:
     def delta_dot(self, vector: Mapping[str, torch.Tensor]) -> float:
         """⟨vector, θ − θ*⟩ over θ*'s parameters (inside `stepped`: the step's first-order effect)."""
         return float(
-            sum(((p.detach() - self.theta[n]).double() * vector[n].double()).sum() for n, p in self.params.items())
+            sum(
+                ((p.detach() - self.theta[n]).double() * vector[n].double()).sum()
+                for n, p in self.params.items()
+            )
         )
 
-    def gradient(self, sequences: Sequence[MaskedSequence], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    def gradient(
+        self, sequences: Sequence[MaskedSequence], weights: Sequence[float]
+    ) -> dict[str, torch.Tensor]:
         """∇ at θ* of Σ_i weights[i] · log p(masked tokens of sequence i) (one sequence per forward)."""
         grads = {n: torch.zeros_like(p) for n, p in self.params.items()}
         with self._training():
@@ -364,6 +368,12 @@ class Prober:
         return grads
 
     def close(self) -> None:
-        """Remove θ* from the engine."""
+        """Remove θ* from the engine (another adapter becomes active first, so PEFT has nothing to warn)
+        and give the other parameters back their ``requires_grad`` flags."""
+        for param, flag in self._flags.items():
+            param.requires_grad_(flag)
+        others = [a for a in self.engine.adapters() if a != self.name]
+        if others:
+            self.model.set_adapter(others[0])
         if self.name in self.engine.adapters():
             self.engine.remove_adapter(self.name)

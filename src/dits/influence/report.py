@@ -25,7 +25,7 @@ class GroupInfluence:
     ``changed``: validation dialogues whose text or answer differs from θ*'s. ``loss``: the group's own DPO
     loss at θ*. Analysis-only proxies: ``loss_proxy`` = held-out DPO loss after − before the step (None
     without held-out pairs); ``first_order`` = ⟨score-weighted log-likelihood gradient of θ*'s validation
-    dialogues, step⟩ (see `dits.influence.estimator`).
+    dialogues, step⟩ (see `dits.influence.estimator`; None when not computed).
     """
 
     group: str
@@ -38,7 +38,7 @@ class GroupInfluence:
     tokens: int
     loss: float
     loss_proxy: float | None
-    first_order: float
+    first_order: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +103,16 @@ class InfluenceReport:
         """Fraction of groups whose influence equals another group's."""
         counts = Counter(round(g.influence, TIE_DECIMALS) for g in self.groups)
         return sum(c for c in counts.values() if c > 1) / len(self.groups) if self.groups else 0.0
+
+    def proxy_agreement(self) -> dict[str, Agreement]:
+        """Agreement of the influence with each analysis proxy over this report's groups (meaningful for
+        exact runs). A helpful step lowers the held-out loss, so ``loss_proxy`` should correlate negatively."""
+        influence, result = self.influences(), {}
+        for name in ("first_order", "loss_proxy"):
+            values = {g.group: getattr(g, name) for g in self.groups if getattr(g, name) is not None}
+            if values:
+                result[name] = agreement(influence, values)
+        return result
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
