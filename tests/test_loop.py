@@ -12,7 +12,7 @@ from dits.config import load_config
 from dits.engines.base import GenerationRequest, SamplingParams
 from dits.engines.fake import FakeEngine
 from dits.errors import DitsError
-from dits.loop import plan_blocks, run
+from dits.loop import Run, plan_blocks, run
 
 SMALL = [
     "task.name=synth-ie",
@@ -158,3 +158,14 @@ def test_dits_runs_with_influence_selection_and_guided_search(tmp_path, tiny_mod
     trees = [json.loads(line) for line in (cfg.run_dir / "iter_0" / "trees.jsonl").read_text().splitlines()]
     probed_nodes = [n for t in trees for n in t["nodes"] if n.get("influence") is not None]
     assert probed_nodes  # round-0 probes were written onto their branch nodes before round 1
+
+
+def test_full_fine_tuning_serves_the_new_model_and_scores_readability_with_the_initial_one(tmp_path, tiny_model) -> None:
+    cfg = config(tmp_path, tiny_model, "isft-dpo", *DITS_SMALL[:3], "sft.lora=false", "dpo.lora=false")
+    r = Run(cfg)
+    results = run(cfg)
+    assert set(results) == {"base", "iter_0"}
+    dpo = cfg.run_dir / "iter_0" / "dpo"
+    assert (dpo / "config.json").exists() and not (dpo / "adapter_config.json").exists()
+    assert r.adapter(("x", dpo)) is None
+    assert str(r.engine.ref.base) == str(dpo) and r.engine.reference is not None

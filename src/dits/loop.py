@@ -125,6 +125,11 @@ class Run:
         if policy is None:
             return None
         name, path = policy
+        if not (Path(path) / "adapter_config.json").exists():  # a fully fine-tuned model: serve it instead
+            served = getattr(self.engine, "ref", None)  # engines without models (fake) serve anything
+            if served is not None and str(served.base) != str(path):
+                self._engine = make_engine(self.cfg.engine, str(path), reference=self.cfg.model)
+            return None
         if name not in self.engine.adapters():
             self.engine.load_adapter(name, path)  # type: ignore[attr-defined]
         return name

@@ -8,7 +8,8 @@
 * Requests may name different LoRA adapters; one micro-batch then runs them together through PEFT's
   ``adapter_names`` (mixed-adapter batches). ``None`` means the engine's default adapter (the policy),
   ``"__base__"`` the bare base model.
-* ``nll`` always scores with adapters disabled: the frozen initial model of Optima's readability term.
+* ``nll`` always scores with adapters disabled (or with ``reference``, when the policy is a fully
+  fine-tuned model): the frozen initial model of Optima's readability term.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class HFEngine:
         device: str | None = None,
         dtype: str = "auto",
         cache: str = "static",
+        reference: str | ModelRef | None = None,
     ) -> None:
         quiet_libraries()
         ref = resolve_model(model) if isinstance(model, str) else model
@@ -105,6 +107,13 @@ class HFEngine:
         if ref.adapter is not None:
             self.load_adapter(POLICY, ref.adapter)
             self.default_adapter = POLICY
+        self.reference: Any = None  # the frozen initial model for `nll` when the policy is a full model
+        if reference is not None:
+            reference = resolve_model(reference) if isinstance(reference, str) else reference
+            self.reference = AutoModelForCausalLM.from_pretrained(reference.base, dtype=torch_dtype).to(
+                self.device
+            )
+            self.reference.eval()
 
     # ------------------------------------------------------------------ adapters
     def adapters(self) -> list[str]:
@@ -296,9 +305,10 @@ class HFEngine:
         attention = torch.tensor(
             [[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=self.device
         )
-        ctx = self.model.disable_adapter() if hasattr(self.model, "peft_config") else nullcontext()
+        model = self.reference if self.reference is not None else self.model
+        ctx = model.disable_adapter() if hasattr(model, "peft_config") else nullcontext()
         with ctx:
-            logits = self.model(input_ids=input_ids, attention_mask=attention).logits.float()
+            logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
         token_lp = logprobs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
         values = []
