@@ -117,10 +117,12 @@ class TrainConfig(Section):
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(1024, ge=16)
-    warmup_ratio: float = 0.1
-    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     beta: float = 0.1
+    """DPO only: the KL weight."""
     nll_weight: float = 0.0
+    """DPO only: weight of the NLL of the chosen answer (Optima's iDPO uses 1)."""
 
 
 class InfluenceConfig(Section):

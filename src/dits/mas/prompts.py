@@ -110,11 +110,11 @@ def demonstration(family: Family, speaker: str, answer_format: AnswerFormat) -> 
     slot = functools.partial(format_answer, answer_format=answer_format)
     if family == "qa":
         return Demonstration(
-            "Who was born first, Ann Fox or Bo Lee?",
-            ("Ann Fox",),
-            ("Ann Fox was born in 1950.", "Max Ray lives in Kiev."),
-            "Bo Lee b. 1970. " + slot("Bo Lee"),
-            "Ann Fox b. 1950, Bo Lee b. 1970, so Ann Fox. " + slot("Ann Fox"),
+            "In which city was the author of the book Red Sky born?",
+            ("Oslo",),
+            ("Red Sky was written by Ann Fox.", "Max Ray was born in Kiev."),
+            "I know: Bo Lee was born in Rome. Ann Fox was born in Oslo.",
+            "Red Sky was written by Ann Fox, and Ann Fox was born in Oslo. " + slot("Oslo"),
         )
     if answer_format == "boxed":
         question = "Sam has 3 boxes with 4 pens each. He gives away 5 pens. How many pens are left?"
