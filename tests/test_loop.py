@@ -160,7 +160,9 @@ def test_dits_runs_with_influence_selection_and_guided_search(tmp_path, tiny_mod
     assert probed_nodes  # round-0 probes were written onto their branch nodes before round 1
 
 
-def test_full_fine_tuning_serves_the_new_model_and_scores_readability_with_the_initial_one(tmp_path, tiny_model) -> None:
+def test_full_fine_tuning_serves_the_new_model_and_scores_readability_with_the_initial_one(
+    tmp_path, tiny_model
+) -> None:
     cfg = config(tmp_path, tiny_model, "isft-dpo", *DITS_SMALL[:3], "sft.lora=false", "dpo.lora=false")
     r = Run(cfg)
     results = run(cfg)

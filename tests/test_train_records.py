@@ -13,7 +13,6 @@ from dits.mas.prompts import FORMAT_POOL, system_prompt
 from dits.mas.render import agent_view
 from dits.models import resolve_model
 from dits.search.pairs import PreferencePair
-from dits.tasks.base import TaskInstance
 from dits.train.records import (
     chat_ids,
     dpo_rows,
@@ -24,22 +23,7 @@ from dits.train.records import (
     tokenize_sft,
     tokenize_sft_rows,
 )
-
-INSTANCE = TaskInstance(
-    id="q1",
-    task="synth",
-    family="qa",
-    question="Who directed Film X, and when was that person born?",
-    answers=("Ann Lee, 1950",),
-    metric="f1",
-    answer_format="tag",
-    context={"alice": ("Film X was directed by Ann Lee.",), "bob": ("Ann Lee was born in 1950.",)},
-)
-TURNS = [
-    Turn("alice", "Film X -> dir. -> Ann Lee. Born when?", 12),
-    Turn("bob", "Ann Lee b. 1950. <A>Ann Lee, 1950</A>", 14, "Ann Lee, 1950"),
-    Turn("alice", "Agreed. <A>Ann Lee, 1950</A>", 10, "Ann Lee, 1950"),
-]
+from train_support import INSTANCE, TURNS
 
 
 @pytest.fixture(scope="module")

@@ -20,33 +20,18 @@ from dits.config import TrainConfig
 from dits.engines.base import GenerationRequest, SamplingParams
 from dits.engines.hf import HFEngine
 from dits.errors import DitsError
-from dits.mas.dialogue import Dialogue, Turn
+from dits.mas.dialogue import Dialogue
 from dits.mas.render import agent_view
 from dits.models import ModelRef, resolve_model
 from dits.search.pairs import PreferencePair
-from dits.tasks.base import TaskInstance
 from dits.train import dpo, sft
 from dits.train.common import RESULT_FILE, load_model, load_tokenizer, trainer_args
 from dits.train.records import chat_ids, dpo_rows, fit_dpo_rows, sft_rows, tokenize_sft_rows
+from train_support import INSTANCE, TURNS
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 CFG = TrainConfig(learning_rate=1e-2, epochs=2, batch_size=8, warmup_ratio=0.0, lr_scheduler="constant")
-INSTANCE = TaskInstance(
-    id="q1",
-    task="synth",
-    family="qa",
-    question="Who directed Film X, and when was that person born?",
-    answers=("Ann Lee, 1950",),
-    metric="f1",
-    answer_format="tag",
-    context={"alice": ("Film X was directed by Ann Lee.",), "bob": ("Ann Lee was born in 1950.",)},
-)
-TURNS = [
-    Turn("alice", "Film X -> dir. -> Ann Lee. Born when?", 12),
-    Turn("bob", "Ann Lee b. 1950. <A>Ann Lee, 1950</A>", 14, "Ann Lee, 1950"),
-    Turn("alice", "Agreed. <A>Ann Lee, 1950</A>", 10, "Ann Lee, 1950"),
-]
 SYSTEM = {"role": "system", "content": "You are Alice. End with <A>answer</A>."}
 LONG = [
     {"role": role, "content": f"note {i}: " + "more words " * 25}
