@@ -43,7 +43,13 @@ def test_missing_data_file(tmp_path) -> None:
 
 def test_malformed_jsonl_line_names_file_and_line(tmp_path) -> None:
     path = tmp_path / "mine.jsonl"
-    good = {"id": "a", "family": "qa", "question": "q?", "answers": ["x"], "context": {"alice": [], "bob": []}}
+    good = {
+        "id": "a",
+        "family": "qa",
+        "question": "q?",
+        "answers": ["x"],
+        "context": {"alice": [], "bob": []},
+    }
     path.write_text(json.dumps(good) + "\n{not json\n")
     result = invoke("tasks", "show", f"jsonl:{path}", "--split", "train", "--n", "5")
     assert_one_line_error(result, f"{path}:2")
