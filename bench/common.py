@@ -141,8 +141,13 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def repo_relative(text: str) -> str:
+    """``text`` with this checkout's location removed (results files are committed; no machine paths)."""
+    return text.replace(f"{BENCH_DIR.parent}{os.sep}", "")
+
+
 def command_line() -> str:
-    """The exact command that ran this benchmark."""
+    """The exact command that ran this benchmark (paths are made relative when the report is written)."""
     return shlex.join([sys.executable, *sys.argv])
 
 
@@ -157,7 +162,7 @@ def new_report(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "model": args.model,
             "machine": machine_info(),
         },
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": dict(vars(args)),
         "config": {},
         "results": {},
         "summary": [],
@@ -191,15 +196,17 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 
 
 def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf → None, tuples → lists, paths → strings."""
+    """JSON-safe copy: NaN/inf → None, tuples → lists, paths → strings relative to the repository."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str):
+        return repo_relative(value)
     if isinstance(value, dict):
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     if isinstance(value, Path):
-        return str(value)
+        return repo_relative(str(value))
     return value
 
 

@@ -16,10 +16,11 @@ def take(task, split, n):
     [
         SyntheticIE(),
         SyntheticIE(kinds=["composition"], distractors=0),
+        SyntheticIE(kinds=["lookup"], distractors=0),
         SyntheticDebate(),
         SyntheticDebate(max_value=2, operations=["add"]),  # a tiny question space: still disjoint
     ],
-    ids=["ie", "ie-composition", "debate", "debate-tiny"],
+    ids=["ie", "ie-composition", "ie-lookup", "debate", "debate-tiny"],
 )
 def test_splits_are_disjoint_and_deterministic(task):
     questions = {
@@ -65,6 +66,24 @@ def test_ie_composition_needs_both_agents():
         assert instance.answers == (born.removeprefix(director + " was born in ").rstrip("."),)
         assert not any(f.startswith(director + " ") for f in instance.context["alice"])
         assert instance.meta["kind"] == "composition"
+
+
+def test_ie_lookup_has_the_answer_on_exactly_one_side():
+    holders = set()
+    for instance in take(SyntheticIE(kinds=["lookup"], distractors=1), "train", 40):
+        person = re.fullmatch(r"In which city was (.+) born\?", instance.question).group(1)
+        answering = [
+            agent
+            for agent in ("alice", "bob")
+            for fact in instance.context[agent]
+            if fact == f"{person} was born in {instance.answers[0]}."
+        ]
+        assert len(answering) == 1
+        other = "bob" if answering == ["alice"] else "alice"
+        assert any(fact.endswith(f"directed by {person}.") for fact in instance.context[other])
+        holders.add(answering[0])
+        assert instance.meta["kind"] == "lookup"
+    assert holders == {"alice", "bob"}
 
 
 @pytest.mark.parametrize("options", [{}, {"steps": 3, "operations": ["add", "sub", "mul"], "max_value": 20}])

@@ -115,6 +115,7 @@ def run_demo(quick: bool = False, runs_dir: str = "runs", overrides: list[str] |
     results["dits"] = run(dits, engine)
     root = optima.run_dir.parent
     print_table(results, {"optima": budget_row(optima), "dits": budget_row(dits)})
+    print_stage_times({"Optima": optima, "DITS": dits})
     report = build_report(root)
     console.print(f"report: {report}")
     return report
@@ -149,4 +150,28 @@ def print_table(results: dict[str, dict[str, Any]], budgets: dict[str, dict[str,
                 str(budget["probe_steps"]) if final else "",
                 f"{budget['wall_time']:.0f}" if final else "",
             )
+    console.print(table)
+
+
+def print_stage_times(runs: dict[str, RunConfig]) -> None:
+    """Wall time of every stage of each run; a stage the DITS run took from the Optima run says so."""
+    from rich.table import Table
+
+    stages = {label: RunStore(cfg.run_dir).stages() for label, cfg in runs.items()}
+    keys = list(dict.fromkeys(key for run_stages in stages.values() for key in run_stages))
+    table = Table(title="wall time per stage (s)")
+    table.add_column("stage")
+    for label in runs:
+        table.add_column(label, justify="right")
+    for key in keys:
+        cells = []
+        for label in runs:
+            summary = stages[label].get(key, {}).get("summary")
+            if summary is None:
+                cells.append("")
+            elif "shared_from" in summary:
+                cells.append("(same)")
+            else:
+                cells.append(f"{summary.get('wall_time', 0.0):.0f}")
+        table.add_row(key, *cells)
     console.print(table)

@@ -3,8 +3,9 @@
 * ``synth-ie`` (family ``qa``, metric ``f1``, ``<A>`` tags): information exchange in the style of
   2WikiMultiHopQA over invented people, films and cities. ``comparison``: "Who was born first, X or Y?"
   (Alice holds one birth year, Bob the other); ``composition``: "In which city was the director of the
-  film F born?" (Alice: F was directed by P; Bob: P was born in C). Each agent also gets ``distractors``
-  facts of the same kinds about other invented entities.
+  film F born?" (Alice: F was directed by P; Bob: P was born in C); ``lookup``, the easiest: "In which
+  city was P born?" (one agent holds the answer, the other a fact about P that does not answer it).
+  Each agent also gets ``distractors`` facts of the same kinds about other invented entities.
 * ``synth-debate`` (family ``debate``, metric ``numeric``, ``\\boxed{}``): arithmetic word problems with
   ``steps`` operations (``add``/``sub``/``mul``) on numbers up to ``max_value``.
 
@@ -62,7 +63,7 @@ ITEMS = _words("apple pencil sticker marble book cookie coin shell card stamp")
 PEOPLE = tuple(f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES)
 FILMS = tuple(f"The {adjective} {noun}" for adjective in FILM_ADJECTIVES for noun in FILM_NOUNS)
 
-Kind = Literal["comparison", "composition"]
+Kind = Literal["comparison", "composition", "lookup"]
 Operation = Literal["add", "sub", "mul"]
 _MAX_MISSES = 10_000
 
@@ -129,7 +130,7 @@ class SyntheticIE(SyntheticTask):
     family = "qa"
     metric = "f1"
     answer_format = "tag"
-    description = "synthetic information exchange: birth-year comparisons and film-director-city chains"
+    description = "synthetic information exchange: birth-year comparisons, film-director-city chains, lookups"
     Options: ClassVar[type[SyntheticOptions]] = SyntheticIEOptions
     options: SyntheticIEOptions
 
@@ -149,6 +150,9 @@ class SyntheticIE(SyntheticTask):
             question = f"In which city was the director of the film {film} born?"
             answer = city
             own = [f"{film} was directed by {director}.", f"{director} was born in {city}."]
+            if kind == "lookup":  # same facts, but the question names the person: one hop
+                question = f"In which city was {director} born?"
+                rng.shuffle(own)
 
         def distractor() -> str:
             if kind == "comparison":
