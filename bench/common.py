@@ -73,13 +73,20 @@ def out_path(name: str, args: argparse.Namespace) -> Path:
     return args.out or RESULTS_DIR / f"{name}{'-quick' if args.quick else ''}.json"
 
 
+POOL_OVERRIDES = ("pairs.min_chosen_value=-10", "pairs.min_gap=0.1")
+"""The candidate pools of the probe and claims benchmarks: at these sizes Optima's prefilters (chosen
+Q ≥ 0.3, gap ≥ 0.2 in the demo config) keep about one pair per four SmolLM2-135M trees, too few to rank.
+The pools keep every best-vs-worst pair with a gap ≥ 0.1 instead (still the top half per tree);
+``--set pairs.min_chosen_value=0.3 --set pairs.min_gap=0.2`` restores the demo's filter."""
+
+
 def scratch_config(name: str, args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
     """The config of a scratch run under ``bench/results/tmp``, named after the benchmark, the model,
     the scale and a digest of the resolved config: the same invocation resumes its finished stages, any
     other setting gets its own directory."""
     from dits.config import dump_config
 
-    cfg = bench_config(args.model, args.overrides, ["method=dits-dpo", *extra])
+    cfg = bench_config(args.model, args.overrides, ["method=dits-dpo", *POOL_OVERRIDES, *extra])
     digest = hashlib.blake2b(dump_config(cfg).encode(), digest_size=4).hexdigest()
     model = Path(args.model).name if os.sep in args.model else args.model
     folder = TMP_DIR / f"{name}-{model}{'-quick' if args.quick else ''}-{digest}"

@@ -124,24 +124,19 @@ def run_demo(quick: bool = False, runs_dir: str = "runs", overrides: list[str] |
 def print_table(results: dict[str, dict[str, Any]], budgets: dict[str, dict[str, Any]]) -> None:
     from rich.table import Table
 
-    table = Table(title="dits demo: test score and mean tokens per dialogue")
-    for column in (
-        "method",
-        "model",
-        "score",
-        "mean tokens",
-        "synthesis tok",
-        "influence tok",
-        "probe steps",
-        "wall s",
-    ):
+    table = Table(
+        title="dits demo (iSFT-DPO): test score, mean tokens per dialogue, budget",
+        caption="synth tok / infl tok: tokens generated for synthesis / influence validation dialogues; "
+        "probes: probe steps; wall s: the run's own stages",
+    )
+    for column in ("method", "model", "score", "tokens", "synth tok", "infl tok", "probes", "wall s"):
         table.add_column(column)
     for method, evals in results.items():
         budget = budgets[method]
         for label, summary in evals.items():
             final = label == list(evals)[-1]
             table.add_row(
-                "Optima iSFT-DPO" if method == "optima" else "DITS iSFT-DPO",
+                "Optima" if method == "optima" else "DITS",
                 label,
                 f"{summary['score']:.3f}",
                 f"{summary['mean_tokens']:.1f}",
