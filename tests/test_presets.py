@@ -35,3 +35,16 @@ def test_paper_recipes_cover_eight_datasets_and_four_methods() -> None:
         5e-7,
     )
     assert load_config(next(p for p in paper if p.name == "gsm8k-idpo.yaml")).dpo.nll_weight == 1.0
+
+
+@pytest.mark.parametrize(("preset", "demo_run"), [("synth-ie-isft-dpo", 0), ("synth-ie-dits", 1)])
+def test_cpu_synth_ie_presets_are_the_quick_demo_runs(preset: str, demo_run: int) -> None:
+    """The README reports the quick demo's measurements for these presets: they must stay the same runs."""
+    from dits.demo import demo_configs
+
+    demo = demo_configs(True, "runs", [])[demo_run].model_dump()
+    shipped = load_config(next(p for p in CONFIGS if p.stem == preset)).model_dump()
+    ignored = {"name", "runs_dir"} | ({"influence", "selection"} if shipped["method"] != "dits" else set())
+    assert {k: v for k, v in shipped.items() if k not in ignored} == {
+        k: v for k, v in demo.items() if k not in ignored
+    }

@@ -163,7 +163,7 @@ def eval_command(
 @user_errors
 def demo_command(
     quick: Annotated[
-        bool, typer.Option(help="one iteration, small sizes (about 15 minutes on 2 CPU cores)")
+        bool, typer.Option(help="one iteration, small sizes (about 20 minutes on 2 CPU cores)")
     ] = False,
     runs_dir: str = "runs",
     overrides: Annotated[
