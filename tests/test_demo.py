@@ -6,26 +6,10 @@ import json
 
 from dits.demo import run_demo
 from dits.progress import console
+from test_loop import DITS_SMALL, SMALL
 
-TOY = [
-    "isft.tasks_per_iteration=3",
-    "isft.samples_per_task=2",
-    "isft.min_reward=-10",
-    "search.tasks_per_iteration=3",
-    "search.expansions=2",
-    "search.rollouts_per_expansion=2",
-    "search.token_budget_tasks=2",
-    "pairs.min_chosen_value=-10",
-    "pairs.min_gap=-10",
-    "eval.limit=2",
-    "dialogue.max_turns=2",
-    "dialogue.max_utterance_tokens=6",
-    "influence.validation_tasks=2",
-    "influence.warmup_steps=1",
-    "influence.probe_lr=0.001",
-    "sft.max_length=512",
-    "dpo.max_length=512",
-]
+TOY = [*SMALL, *DITS_SMALL]
+"""The loop tests' toy sizes with the HF engine (the DITS run needs real adapters for its probes)."""
 
 
 def test_quick_demo_runs_both_methods_and_writes_the_report(tmp_path, tiny_model) -> None:
