@@ -51,15 +51,17 @@ def make_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, default=None, help=f"JSON results (default bench/results/{name}[-quick].json)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override on top of the demo config (repeatable), e.g. engine.batch_size=16",
+    add_overrides_option(
+        parser, "config override on top of the demo config (repeatable), e.g. engine.batch_size=16"
     )
     return parser
+
+
+def add_overrides_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
 
 
 def sized(args: argparse.Namespace, defaults: dict[str, tuple[Any, Any]]) -> None:

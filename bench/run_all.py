@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import BENCH_DIR, DEFAULT_MODEL, RESULTS_DIR, write_report
+from common import BENCH_DIR, DEFAULT_MODEL, RESULTS_DIR, add_overrides_option, write_report
 
 BENCHMARKS = ("throughput", "probe", "claims", "e2e")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -36,14 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--markdown", type=Path, default=BENCH_DIR / "RESULTS.md")
     parser.add_argument("--e2e-runs-dir", type=Path, default=None, help="e2e: read this finished demo")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override passed to every benchmark (repeatable)",
-    )
+    add_overrides_option(parser, "config override passed to every benchmark (repeatable)")
     return parser.parse_args()
 
 
