@@ -51,6 +51,12 @@ def make_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, default=None, help=f"JSON results (default bench/results/{name}[-quick].json)"
     )
+    parser.add_argument(
+        "--scratch-dir",
+        type=Path,
+        default=TMP_DIR,
+        help="where scratch runs live (default bench/results/tmp; finished stages there are reused)",
+    )
     add_overrides_option(
         parser, "config override on top of the demo config (repeatable), e.g. engine.batch_size=16"
     )
@@ -83,7 +89,7 @@ The pools keep every best-vs-worst pair with a gap ≥ 0.1 instead (still the to
 
 
 def scratch_config(name: str, args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
-    """The config of a scratch run under ``bench/results/tmp``, named after the benchmark, the model,
+    """The config of a scratch run under ``args.scratch_dir``, named after the benchmark, the model,
     the scale and a digest of the resolved config: the same invocation resumes its finished stages, any
     other setting gets its own directory."""
     from dits.config import dump_config
@@ -91,7 +97,7 @@ def scratch_config(name: str, args: argparse.Namespace, extra: Sequence[str] = (
     cfg = bench_config(args.model, args.overrides, ["method=dits-dpo", *POOL_OVERRIDES, *extra])
     digest = hashlib.blake2b(dump_config(cfg).encode(), digest_size=4).hexdigest()
     model = Path(args.model).name if os.sep in args.model else args.model
-    folder = TMP_DIR / f"{name}-{model}{'-quick' if args.quick else ''}-{digest}"
+    folder = Path(args.scratch_dir) / f"{name}-{model}{'-quick' if args.quick else ''}-{digest}"
     cfg.name, cfg.runs_dir = folder.name, str(folder.parent)
     return cfg
 
@@ -106,13 +112,13 @@ def scratch_run(cfg: Any, fresh: bool = False) -> Any:
 
 
 def bench_config(model: str, overrides: Sequence[str], extra: Sequence[str] = ()) -> Any:
-    """The demo config with ``model``, the benchmark's own settings ``extra``, then the user's overrides
-    (tiny-random also gets `TINY_OVERRIDES`)."""
+    """The demo config with ``model``, the benchmark's own settings ``extra``, then (tiny-random only)
+    `TINY_OVERRIDES`, then the user's overrides."""
     from dits.config import load_config
     from dits.demo import demo_config_path
 
     tiny = list(TINY_OVERRIDES) if model == "tiny-random" else []
-    return load_config(demo_config_path(), [f"model={model}", *tiny, *extra, *overrides])
+    return load_config(demo_config_path(), [f"model={model}", *extra, *tiny, *overrides])
 
 
 # ------------------------------------------------------------------------------------------ machine

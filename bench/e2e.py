@@ -1,29 +1,33 @@
-"""End to end: wall time, CPU time and peak memory of `dits demo`, and its per-stage wall times.
+"""End to end: wall time, CPU time and peak memory of `dits demo`, and per stage.
 
 Runs ``dits demo [--quick]`` in a subprocess into a scratch runs directory (removed afterwards unless
 ``--keep``) and measures the subprocess: wall time (`time.perf_counter`), CPU time and peak resident
 memory (`resource.getrusage(RUSAGE_CHILDREN)`, i.e. of the largest child, the demo itself). Per-stage
-wall times, tokens and the final scores come from the two runs' ``manifest.json`` files (stages the
-DITS run takes over from the Optima run are marked shared and counted once).
+wall times, peak resident memory (`dits.memory`), tokens and the final scores come from the two runs'
+``manifest.json`` files (stages the DITS run takes over from the Optima run are marked shared and
+counted once).
 
 ``--runs-dir DIR`` reads an already finished demo instead (``DIR/demo-quick`` or ``DIR/demo``, e.g.
-``--runs-dir runs`` after ``make demo``); peak memory and CPU time are then unknown.
+``--runs-dir runs`` after ``make demo``); the whole process's peak memory and CPU time are then
+unknown, the per-stage peaks are in the manifests.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import operator
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import DEFAULT_MODEL, TINY_OVERRIDES, TMP_DIR, finish, make_parser, new_report, ratio, summary_row
+from common import DEFAULT_MODEL, TINY_OVERRIDES, finish, make_parser, new_report, ratio, summary_row
 
 NAME = "e2e"
 LOG_TAIL = 40
@@ -79,6 +83,7 @@ def read_runs(root: Path) -> dict[str, Any]:
             stages[key] = {
                 "status": entry.get("status"),
                 "wall_s": summary.get("wall_time"),
+                "peak_rss_mb": summary.get("peak_rss_mb"),
                 "tokens": summary.get("tokens_generated"),
                 "shared_from": summary.get("shared_from"),
                 "score": summary.get("score"),
@@ -102,16 +107,19 @@ def manifest_span(runs: dict[str, Any]) -> float | None:
     return max(ends) - min(r["created"] for r in runs.values()) if ends else None
 
 
-def stage_kinds(runs: dict[str, Any]) -> dict[str, float]:
-    """Wall time by kind of stage over all runs (shared stages once)."""
+def stage_kinds(
+    runs: dict[str, Any], field: str = "wall_s", combine: Callable[[float, float], float] = operator.add
+) -> dict[str, float]:
+    """``field`` of the stages by kind of stage over all runs (shared stages once), combined with
+    ``combine`` (wall time: summed; peak memory: ``max``), largest first."""
     kinds: dict[str, float] = {}
     for run in runs.values():
         for key, stage in run["stages"].items():
-            if stage["shared_from"]:
+            if stage["shared_from"] or stage[field] is None:
                 continue
             kind = key.split("/")[-1] if not key.startswith("eval/") else "eval"
             kind = "influence" if "influence" in key else kind
-            kinds[kind] = kinds.get(kind, 0.0) + (stage["wall_s"] or 0.0)
+            kinds[kind] = combine(kinds[kind], stage[field]) if kind in kinds else stage[field]
     return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
 
 
@@ -127,8 +135,8 @@ def main() -> None:
     process: dict[str, Any] = {}
     scratch: Path | None = None
     if args.runs_dir is None:
-        TMP_DIR.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix="e2e-", dir=TMP_DIR))
+        args.scratch_dir.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="e2e-", dir=args.scratch_dir))
         command = demo_command(args, scratch)
         report["config"]["demo_command"] = " ".join(command)
         process = run_demo(command, scratch / "demo.log")
@@ -144,6 +152,7 @@ def main() -> None:
         "runs": runs,
         "manifest_span_s": manifest_span(runs),
         "wall_by_kind_s": stage_kinds(runs),
+        "peak_rss_by_kind_mb": stage_kinds(runs, "peak_rss_mb", max),
     }
     report["summary"] = summary_rows(report["results"])
     finish(NAME, args, report)
@@ -173,6 +182,13 @@ def summary_rows(r: dict[str, Any]) -> list[dict[str, str]]:
         rows.append(summary_row(f"{name}: test scores", scores or "(unfinished)"))
     top = list(r["wall_by_kind_s"].items())[:6]
     rows.append(summary_row("largest stage kinds (s)", ", ".join(f"{k} {v:.0f}" for k, v in top)))
+    peaks = list(r["peak_rss_by_kind_mb"].items())
+    rows.append(
+        summary_row(
+            "peak RSS by stage kind (MiB)",
+            ", ".join(f"{k} {v:,.0f}" for k, v in peaks) or "(not recorded by this demo)",
+        )
+    )
     return rows
 
 

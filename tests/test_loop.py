@@ -61,6 +61,7 @@ def test_each_optima_method_runs_and_evaluates(tmp_path, tiny_model, method) -> 
     manifest = json.loads((cfg.run_dir / "manifest.json").read_text())
     stages = manifest["stages"]
     assert all(s["status"] == "done" for s in stages.values())
+    assert all(s["summary"]["peak_rss_mb"] > 0 for s in stages.values())  # every stage's own peak
     has_dpo = method != "isft"
     assert ("iter_0/dpo" in stages) == has_dpo
     assert ("init/sft" in stages) == (method == "idpo")

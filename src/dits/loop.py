@@ -25,6 +25,7 @@ from dits.engines.factory import make_engine
 from dits.errors import DitsError
 from dits.evaluate import evaluate, write_eval
 from dits.isft import sample_instance, select_sft_dialogues
+from dits.memory import peak_memory
 from dits.models import ModelRef, resolve_model
 from dits.progress import StageTimer, console, progress_bar
 from dits.runtime import build_system, reward_weights, take
@@ -97,15 +98,18 @@ class Run:
 
     # ------------------------------------------------------------------ plumbing
     def stage(self, key: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Run ``work`` unless the stage is done; record its summary (with tokens generated and wall time)."""
+        """Run ``work`` unless the stage is done; record its summary (with tokens generated, wall time and
+        peak memory)."""
         if self.store.is_done(key):
             return self.store.summary(key)
         self.store.mark_started(key)
         timer = StageTimer(key)
         tokens_before = self.engine.stats.generated_tokens if self._engine is not None else 0
-        summary = work()
+        with peak_memory() as peaks:
+            summary = work()
         tokens_after = self.engine.stats.generated_tokens if self._engine is not None else 0
         summary.setdefault("tokens_generated", tokens_after - tokens_before)
+        summary.update(peaks())
         timer.summary(
             **{k: v for k, v in summary.items() if not isinstance(v, (dict, list)) and k != "wall_time"}
         )

@@ -188,6 +188,7 @@ def stage_rows(runs: Sequence[RunData]) -> list[list[Any]]:
                     stage.get("status"),
                     summary.get("wall_time", ""),
                     summary.get("tokens_generated", ""),
+                    summary.get("peak_rss_mb", ""),
                 ]
             )
     return rows
@@ -233,7 +234,7 @@ def build_report(path: Path, out: Path | None = None) -> Path:
         ]
     parts += [
         "<h2>Stages</h2>",
-        _table(["run", "stage", "status", "wall s", "tokens generated"], stage_rows(runs)),
+        _table(["run", "stage", "status", "wall s", "tokens generated", "peak RSS MB"], stage_rows(runs)),
     ]
     write_atomic(
         out,
