@@ -139,6 +139,14 @@ def test_racing_spends_fewer_dialogues_than_exact(engine, exact) -> None:
     assert finalist.influence == full.influences()[finalist.group]  # same probe, same tasks
     assert agreement(racing.influences(), full.influences()).n == 4
     assert all(g.first_order is None for g in racing.groups)  # analysis proxy off by default
+    assert racing.probe_steps == 4  # the finalists' adapter states were kept between rounds
+
+
+def test_racing_without_state_budget_reprobes_with_the_same_results(engine) -> None:
+    kept = run(engine, FAST.model_copy(update={"estimator": "racing"}))
+    reprobed = run(engine, FAST.model_copy(update={"estimator": "racing", "racing_state_budget_mb": 0}))
+    assert [g.to_dict() for g in reprobed.groups] == [g.to_dict() for g in kept.groups]
+    assert reprobed.probe_steps == 4 + 2 + 1 > kept.probe_steps
 
 
 def test_first_order_mode_plays_no_validation_dialogue_per_group(engine, exact) -> None:

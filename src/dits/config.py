@@ -140,6 +140,7 @@ class InfluenceConfig(Section):
     estimator: Literal["exact", "racing", "first-order"] = "exact"
     racing_initial_tasks: int = Field(4, ge=1)
     racing_keep_fraction: float = Field(0.5, gt=0, le=1)
+    racing_state_budget_mb: float = Field(2048, ge=0)
     adapters_per_batch: int = Field(16, ge=1)
     proxy_holdout_fraction: float = Field(0.0, ge=0, lt=1)
     first_order_proxy: bool = False

@@ -10,7 +10,9 @@ dialogues on the V validation instances (measured once), the probe step size (fi
 * ``racing``: successive halving — every group on the first ``cfg.racing_initial_tasks`` tasks, keep the
   top ``cfg.racing_keep_fraction``, double the tasks, … until V. A group eliminated after n tasks keeps
   its partial estimate, mean score on the first n tasks minus θ*'s mean on the same n tasks.
-  Probes are re-taken each round (they are deterministic), so no adapter state is held across rounds.
+  The adapter states of the groups still racing are kept for the next round while they fit in
+  ``cfg.racing_state_budget_mb``; a group beyond it is probed again (probes are deterministic, so the
+  result is the same, only slower).
 * ``first-order``: no validation generation per group. I(g) ≈ ⟨∇_θ (1/V) Σ_d F(d) log p_θ*(d), Δθ_g⟩:
   the first-order change, under the exact probe step Δθ_g, of the log-likelihood of θ*'s own validation
   dialogues weighted by their score (teacher-forced, each agent's own turns in its own view; a dialogue
@@ -30,7 +32,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import fmean
 
@@ -105,14 +107,25 @@ def _signature(dialogue: Dialogue) -> tuple[str | None, tuple[str, ...]]:
     return dialogue.final_answer, tuple(t.text for t in dialogue.turns)
 
 
-@dataclass
-class Probed:
-    """One probe: the adapter state after the step and what was measured before restoring θ*."""
+@dataclass(frozen=True)
+class ProbeMeasures:
+    """What a probe measured before θ* was restored: the group's loss and the two proxies."""
 
-    state: dict[str, torch.Tensor]
     loss: float
     loss_proxy: float | None
     first_order: float | None
+
+
+@dataclass
+class Probed:
+    """One probe: the adapter state after the step and its measures."""
+
+    state: dict[str, torch.Tensor]
+    measures: ProbeMeasures
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state.values())
 
 
 class Harness:
@@ -184,15 +197,23 @@ class Harness:
             first_order = None
             if self.first_order:
                 first_order = self.prober.delta_dot(self.gradient) if self.gradient else 0.0
-            return Probed(self.prober.state(), loss, proxy, first_order)
+            return Probed(self.prober.state(), ProbeMeasures(loss, proxy, first_order))
 
     def measure(
-        self, groups: Sequence[Group], lr: float, optimizer: Optimizer, tasks: range, per_batch: int
+        self,
+        groups: Sequence[Group],
+        lr: float,
+        optimizer: Optimizer,
+        tasks: range,
+        per_batch: int,
+        probed_before: Mapping[str, Probed] | None = None,
     ) -> Iterator[tuple[Group, Probed, list[Dialogue]]]:
-        """Probe ``groups`` ``per_batch`` at a time; each batch's adapters play ``tasks`` together."""
+        """Probe ``groups`` ``per_batch`` at a time (reusing ``probed_before[group.id]`` where given: same
+        lr and optimizer); each batch's adapters play ``tasks`` together."""
+        known = probed_before or {}
         for start in range(0, len(groups), per_batch):
             chunk = groups[start : start + per_batch]
-            probed = [self.probe(g, lr, optimizer) for g in chunk]
+            probed = [known.get(g.id) or self.probe(g, lr, optimizer) for g in chunk]
             played = self._play_states([p.state for p in probed], tasks) if tasks else [[] for _ in chunk]
             yield from zip(chunk, probed, played, strict=True)
 
@@ -215,13 +236,13 @@ class _Tally:
     """What has been measured for one group so far (racing accumulates over rounds)."""
 
     group: Group
-    probe: Probed | None = None
+    probe: ProbeMeasures | None = None
     scores: list[float] = field(default_factory=list)
     changed: int = 0
     tokens: int = 0
 
     def add(self, harness: Harness, probed: Probed, dialogues: list[Dialogue], tasks: range) -> None:
-        self.probe = self.probe or probed
+        self.probe = self.probe or probed.measures
         self.scores += harness.scores(dialogues, tasks)
         self.changed += harness.changed(dialogues, tasks)
         self.tokens += sum(d.tokens for d in dialogues)
@@ -260,14 +281,17 @@ def run_groups(
     *,
     keep_fraction: float,
     per_batch: int,
+    state_budget_bytes: int = 0,
     on_group_done: Callable[[GroupInfluence], None] | None = None,
 ) -> list[GroupInfluence]:
     """Probe ``groups`` in rounds: round r plays validation tasks ``[schedule[r-1], schedule[r])``; after
     every round but the last only the top ``keep_fraction`` (by current estimate) go on. ``[V]`` is the
-    exact estimator, ``[0]`` the first-order one, `racing_schedule` successive halving. Results come back
-    in group order; ``on_group_done`` sees each group as soon as it is final."""
+    exact estimator, ``[0]`` the first-order one, `racing_schedule` successive halving. Between rounds the
+    adapter states of up to ``state_budget_bytes`` of groups are kept, so that those groups are not probed
+    again. Results come back in group order; ``on_group_done`` sees each group as soon as it is final."""
     tallies = {g.id: _Tally(g) for g in groups}
     finished: dict[str, GroupInfluence] = {}
+    kept: dict[str, Probed] = {}
 
     def finish(group: Group) -> None:
         finished[group.id] = tallies[group.id].record(harness)
@@ -278,10 +302,14 @@ def run_groups(
     for round_index, stop in enumerate(schedule):
         last = round_index == len(schedule) - 1
         tasks = range(start, stop)
-        for group, probed, dialogues in harness.measure(alive, lr, optimizer, tasks, per_batch):
+        measured = harness.measure(alive, lr, optimizer, tasks, per_batch, probed_before=kept)
+        kept, held = {}, 0
+        for group, probed, dialogues in measured:
             tallies[group.id].add(harness, probed, dialogues, tasks)
             if last:
                 finish(group)
+            elif held + probed.nbytes <= state_budget_bytes:
+                kept[group.id], held = probed, held + probed.nbytes
         if last:
             break
         ranked = sorted(alive, key=lambda g: -tallies[g.id].influence(harness))
@@ -289,6 +317,7 @@ def run_groups(
         for group in ranked:
             if group.id not in survivors:
                 finish(group)
+        kept = {gid: probed for gid, probed in kept.items() if gid in survivors}
         alive, start = [g for g in alive if g.id in survivors], stop
     return [finished[g.id] for g in groups]
 
@@ -422,6 +451,7 @@ def estimate(
             schedule,
             keep_fraction=cfg.racing_keep_fraction,
             per_batch=cfg.adapters_per_batch,
+            state_budget_bytes=int(cfg.racing_state_budget_mb * 2**20),
             on_group_done=on_group_done,
         )
         return InfluenceReport(
