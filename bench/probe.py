@@ -18,7 +18,9 @@ estimator's own pieces (`Harness`, `run_groups`):
 Reported: speed-up batched vs naive on the group phase (goal ≥ 4× on a 2-core CPU) and for the whole
 stage (adding the fixed cost of warm-up, θ*'s own dialogues and calibration), cost per group (seconds,
 validation tokens, probe-step seconds), racing's speed-up over exact and its Spearman/Pearson agreement
-with the exact estimate (`dits.influence.report.agreement`).
+with the exact estimate (`dits.influence.report.agreement`). Also the probe step's scoring with each
+pair's prompt run once (`pair_logps`, what probes use) against scoring both sides whole
+(`sequence_logps`): forward + backward on every group's pairs, alternating, with the largest difference.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import hashlib
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,7 +50,7 @@ from dits.config import InfluenceConfig
 from dits.engines.hf import HFEngine
 from dits.influence import estimator
 from dits.influence.estimator import Group, Harness, calibrate, make_groups, racing_schedule, run_groups
-from dits.influence.probe import Prober
+from dits.influence.probe import Prober, pair_logps, sequence_logps, shared_prompt_length
 from dits.influence.report import GroupInfluence, agreement
 from dits.loop import Run
 from dits.runtime import take
@@ -251,6 +254,41 @@ def prepare(run: Run, cfg: InfluenceConfig, pairs: list[PreferencePair], args: a
     return Setup(prober, harness, groups, lr, table, note, seconds)
 
 
+def prompt_sharing(setup: Setup) -> dict[str, Any]:
+    """Forward + backward of each group's pairs (θ* in training mode), scored with every pair's prompt
+    run once and with both sides whole, in alternating order; seconds, tokens run, largest difference."""
+    prober = setup.prober
+    pad = prober.engine.tokenizer.pad_token_id
+    seconds, tokens, largest = {"shared": 0.0, "whole": 0.0}, {"shared": 0, "whole": 0}, 0.0
+    with prober.training():
+        for index, group in enumerate(setup.groups):
+            pairs = [prober.pairs[i] for i in group.pair_ids]
+            sides = [s for p in pairs for s in (p.chosen, p.rejected)]
+            values = {}
+            for name in ("shared", "whole") if index % 2 == 0 else ("whole", "shared"):
+                start = time.perf_counter()
+                logps, _ = (
+                    pair_logps(prober.model, pairs, pad)
+                    if name == "shared"
+                    else sequence_logps(prober.model, sides, pad)
+                )
+                logps.sum().backward()
+                seconds[name] += time.perf_counter() - start
+                values[name] = logps.detach()
+                for param in prober.params.values():
+                    param.grad = None
+            largest = max(largest, float((values["shared"] - values["whole"]).abs().max()))
+            tokens["whole"] += sum(len(s.ids) for s in sides)
+            tokens["shared"] += sum(len(s.ids) for s in sides) - sum(shared_prompt_length(p) for p in pairs)
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "speedup": ratio(seconds["whole"], seconds["shared"]),
+        "token_fraction": ratio(tokens["shared"], tokens["whole"]),
+        "max_abs_logp_difference": largest,
+    }
+
+
 def run_modes(setup: Setup, cfg: InfluenceConfig) -> tuple[Mode, Mode, Mode]:
     """Naive, batched and racing estimates of the same groups from the same θ* and step."""
     groups, harness = setup.groups, setup.harness
@@ -311,10 +349,16 @@ def main() -> None:
     )
     setup = prepare(run, cfg, pairs, args)
     try:
+        sharing = prompt_sharing(setup)
         modes = run_modes(setup, cfg)
     finally:
         setup.prober.close()
-    report["results"] = {"pairs": len(pairs), "search_reused": reused, **results(setup, modes, cfg)}
+    report["results"] = {
+        "pairs": len(pairs),
+        "search_reused": reused,
+        **results(setup, modes, cfg),
+        "prompt_sharing": sharing,
+    }
     report["summary"] = summary_rows(report["results"])
     finish(NAME, args, report)
     check = report["results"]["identical_check"]
@@ -327,7 +371,7 @@ def main() -> None:
 
 
 def summary_rows(r: dict[str, Any]) -> list[dict[str, str]]:
-    check, agree = r["identical_check"], r["racing_agreement"]
+    check, agree, share = r["identical_check"], r["racing_agreement"], r["prompt_sharing"]
     return [
         summary_row(
             "groups K x validation tasks V (group size)",
@@ -347,6 +391,11 @@ def summary_rows(r: dict[str, Any]) -> list[dict[str, str]]:
         summary_row("batched: s per group", r["batched"]["seconds_per_group"]),
         summary_row("validation tokens per group", r["batched"]["tokens_per_group"]),
         summary_row("probe step s per group", ratio(r["batched"]["probe_step_seconds"], r["groups"])),
+        summary_row(
+            "probe scoring: prompt once ÷ both sides whole, speed-up (tokens run)",
+            f"{share['speedup']:.2f}x ({share['token_fraction']:.0%} of the tokens, "
+            f"max |Δ log p| {share['max_abs_logp_difference']:.1e})",
+        ),
         summary_row("racing speed-up vs exact (batched)", r["racing_speedup_vs_exact"]),
         summary_row("racing dialogues / exact dialogues", r["racing_dialogue_fraction"]),
         summary_row(

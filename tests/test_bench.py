@@ -66,6 +66,9 @@ def test_benchmark_runs_at_toy_sizes(tmp_path: Path, tiny_model: str, name: str)
     if name == "probe":
         # the batched estimates and the one-adapter-at-a-time ones agree exactly
         assert results["identical_check"]["identical"] is True
+        sharing = results["prompt_sharing"]  # the probes' scoring runs fewer tokens, same values
+        assert sharing["tokens"]["shared"] < sharing["tokens"]["whole"]
+        assert sharing["max_abs_logp_difference"] < 1e-3
     if name == "claims":
         assert set(results["ablation"]["scores"]) == {"full", "random", "q", "dits_gamma0", "dits_gamma1"}
         assert results["groups"] == len(results["group_table"]) > 0

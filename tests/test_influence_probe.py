@@ -14,7 +14,14 @@ from trl import DPOConfig, DPOTrainer
 from dits.config import LoraSettings, TrainConfig
 from dits.engines.hf import HFEngine
 from dits.errors import DitsError
-from dits.influence.probe import MaskedSequence, Prober, dpo_loss, sequence_logps, tokenize_pairs
+from dits.influence.probe import (
+    MaskedSequence,
+    Prober,
+    dpo_loss,
+    pair_logps,
+    sequence_logps,
+    tokenize_pairs,
+)
 from dits.models import resolve_model
 from dits.search.pairs import PreferencePair
 from dits.train.common import load_model, load_tokenizer, trainer_args
@@ -76,6 +83,33 @@ def test_sequence_logps_do_not_depend_on_padding(engine: HFEngine) -> None:
     assert len({round(v, 3) for v in together.tolist()}) == len(sequences)
 
 
+def test_pair_logps_equal_whole_sequence_logps_with_their_gradients(engine: HFEngine, prober: Prober) -> None:
+    """The shared-prompt pass gives the values and the gradients of scoring both sides whole, with
+    prompts of different lengths in one batch and answers that share their first tokens."""
+    pairs, _ = tokenize_pairs(make_pairs(2, 2), engine.tokenizer, DPO.max_length)
+    short = PreferencePair(
+        "short", "t", 0, "q", "alice", [{"role": "user", "content": "hi"}], "a b", "a c", 1, 0
+    )
+    pairs += tokenize_pairs([short], engine.tokenizer, DPO.max_length)[0]
+    pad = engine.tokenizer.pad_token_id
+    prober.warm_up([p.id for p in make_pairs()], 2, 1e-2, 2)  # θ* ≠ the reference: non-trivial LoRA B
+    sequences = [s for p in pairs for s in (p.chosen, p.rejected)]
+    grads = []
+    with prober.training():
+        for scorer, items in ((pair_logps, pairs), (sequence_logps, sequences)):
+            logps, counts = scorer(prober.model, items, pad)
+            (logps * torch.linspace(0.5, 1.5, len(logps))).sum().backward()
+            grads.append({n: p.grad.clone() for n, p in prober.params.items()})
+            for p in prober.params.values():
+                p.grad = None
+            if scorer is pair_logps:
+                shared = (logps.detach(), counts)
+    assert torch.allclose(shared[0], logps.detach(), atol=1e-4)
+    assert shared[1].tolist() == counts.tolist() == [sum(s.mask[1:]) for s in sequences]
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-4, rtol=1e-3) for n in grads[0])
+    assert any(grads[0][n].abs().sum() > 0 for n in grads[0])
+
+
 def test_dpo_loss_equals_trls_on_the_same_batch(tiny_model: str, tmp_path) -> None:
     """Sigmoid DPO + 0.5 · NLL on chosen (TRL ``loss_type=["sigmoid", "sft"]``), policy ≠ reference."""
     nll_weight = 0.5
@@ -121,7 +155,7 @@ def test_reference_log_probs_are_computed_once(engine: HFEngine) -> None:
     hook = engine.model.register_forward_pre_hook(lambda module, args: calls.append(module.active_adapter))
     try:
         prober = Prober(engine, make_pairs(), DPO, policy=POLICY, seed=0)
-        assert calls == [POLICY]  # 8 pairs, one chunk of engine.batch_size // 2 = 8 pairs
+        assert calls == [POLICY] * 2  # 8 pairs, one chunk of 8 pairs: a prompt pass, an answer pass
         with pytest.raises(DitsError, match="already exists"):
             Prober(engine, make_pairs(), DPO, policy=POLICY)  # one θ* per engine
         assert prober.loss(GROUP) == pytest.approx(math.log(2), abs=1e-6)  # θ* = SFT = reference
@@ -129,7 +163,7 @@ def test_reference_log_probs_are_computed_once(engine: HFEngine) -> None:
         calls.clear()
         prober.probe(GROUP, 1e-2)
         prober.probe(GROUP, 1e-2, "sgd")
-        assert calls == [prober.name, prober.name]  # one forward per probe, none for the reference
+        assert calls == [prober.name] * 4  # one prompt and one answer pass per probe, none for the reference
         prober.close()
     finally:
         hook.remove()

@@ -113,6 +113,69 @@ def sequence_logps(
     return (token_logps * counted).sum(-1), counted.sum(-1)
 
 
+def shared_prompt_length(pair: TokenizedPair) -> int:
+    """Leading tokens both sides of ``pair`` share and score none of, leaving each side ≥ 1 own token."""
+    chosen, rejected = pair.chosen, pair.rejected
+    limit = min(len(chosen.ids), len(rejected.ids)) - 1
+    length = 0
+    while (
+        length < limit
+        and chosen.ids[length] == rejected.ids[length]
+        and not chosen.mask[length]
+        and not rejected.mask[length]
+    ):
+        length += 1
+    return max(length, 1)
+
+
+def pair_logps(model: Any, pairs: Sequence[TokenizedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_logps` of ``[chosen, rejected]`` for every pair (in that order), computing each pair's
+    prompt once: a prompt pass (one row per pair) fills a KV cache that both answers continue from.
+
+    Tree-search pairs share long prompts (system prompt, context, history) and differ in a short answer,
+    so this runs about half the tokens of scoring both sequences whole; gradients flow through the cache.
+    """
+    device = next(model.parameters()).device
+    shared = [shared_prompt_length(p) for p in pairs]
+    width = max(shared)
+    prompt_ids = torch.tensor(
+        [[pad_id] * (width - n) + p.chosen.ids[:n] for p, n in zip(pairs, shared, strict=True)], device=device
+    )
+    prompt_attention = torch.tensor([[0] * (width - n) + [1] * n for n in shared], device=device)
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_attention,
+        position_ids=(prompt_attention.cumsum(-1) - 1).clamp(min=0),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = out.cache
+    cache.batch_repeat_interleave(2)  # row 2i continues with pair i's chosen answer, 2i + 1 its rejected
+    sides = [(s, n) for p, n in zip(pairs, shared, strict=True) for s in (p.chosen, p.rejected)]
+    own = [len(s.ids) - n for s, n in sides]  # each side's tokens after the shared prompt
+    rest = max(own)
+    ids = torch.tensor(
+        [s.ids[n:] + [pad_id] * (rest - k) for (s, n), k in zip(sides, own, strict=True)], device=device
+    )
+    mask = torch.tensor(
+        [s.mask[n:] + [0] * (rest - k) for (s, n), k in zip(sides, own, strict=True)], device=device
+    )
+    answer_attention = torch.tensor([[1] * k + [0] * (rest - k) for k in own], device=device)
+    attention = torch.cat([prompt_attention.repeat_interleave(2, dim=0), answer_attention], dim=1)
+    positions = torch.tensor([[n + i for i in range(rest)] for _, n in sides], device=device)
+    answer_logits = model(
+        input_ids=ids,
+        attention_mask=attention,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+    ).logits
+    logits = torch.cat([out.logits[:, -1:].repeat_interleave(2, dim=0), answer_logits[:, :-1]], dim=1).float()
+    token_logps = logits.gather(-1, ids[..., None])[..., 0] - logits.logsumexp(-1)
+    counted = mask.float()
+    return (token_logps * counted).sum(-1), counted.sum(-1)
+
+
 def dpo_loss(
     chosen: torch.Tensor,
     rejected: torch.Tensor,
@@ -213,7 +276,7 @@ class Prober:
             yield
 
     @contextmanager
-    def _training(self) -> Iterator[None]:
+    def training(self) -> Iterator[None]:
         """θ* active and alone trainable, train mode with every dropout at 0; eval mode afterwards."""
         model = self.model
         model.set_adapter(self.name)
@@ -242,11 +305,7 @@ class Prober:
         out = []
         for start in range(0, len(pairs), self.chunk):
             batch = pairs[start : start + self.chunk]
-            logps, counts = sequence_logps(
-                self.model,
-                [s for p in batch for s in (p.chosen, p.rejected)],
-                self.engine.tokenizer.pad_token_id,
-            )
+            logps, counts = pair_logps(self.model, batch, self.engine.tokenizer.pad_token_id)
             out += [torch.stack([logps[2 * i], logps[2 * i + 1], counts[2 * i]]) for i in range(len(batch))]
         return out
 
@@ -289,7 +348,7 @@ class Prober:
         rng = np.random.default_rng(derive_seed(self.seed, "warmup") % 2**32)
         order: list[str] = []
         losses = []
-        with self._training():
+        with self.training():
             optimizer = torch.optim.AdamW(list(self.params.values()), lr=lr, weight_decay=0.0)
             for _ in range(steps):
                 while len(order) < batch_size:
@@ -312,7 +371,7 @@ class Prober:
             else torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         )
         try:
-            with self._training():
+            with self.training():
                 loss = self._step(opt, pair_ids)
             del opt
             self.stats.probe_steps += 1
@@ -357,7 +416,7 @@ class Prober:
     ) -> dict[str, torch.Tensor]:
         """∇ at θ* of Σ_i weights[i] · log p(masked tokens of sequence i) (one sequence per forward)."""
         grads = {n: torch.zeros_like(p) for n, p in self.params.items()}
-        with self._training():
+        with self.training():
             for sequence, weight in zip(sequences, weights, strict=True):
                 logps, _ = sequence_logps(self.model, [sequence], self.engine.tokenizer.pad_token_id)
                 (weight * logps.sum()).backward()
