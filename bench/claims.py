@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -454,8 +455,24 @@ def main() -> None:
     finish(NAME, args, report)
 
 
+def interval(r: float, n: int, spearman: bool = False) -> tuple[float, float]:
+    """Approximate 95 % interval of a correlation over ``n`` points (Fisher z; Spearman with the
+    Bonett–Wright variance 1 + ρ²/2); NaN where undefined (n ≤ 3, or r NaN)."""
+    if n <= 3 or math.isnan(r):
+        return math.nan, math.nan
+    z = math.atanh(max(min(r, 0.999999), -0.999999))
+    se = math.sqrt((1 + r * r / 2 if spearman else 1.0) / (n - 3))
+    return math.tanh(z - 1.96 * se), math.tanh(z + 1.96 * se)
+
+
 def corr(value: dict[str, Any]) -> str:
-    return f"r={value['pearson']:.3f}, ρ={value['spearman']:.3f} (n={value['n']})"
+    """``r=… [lo, hi], ρ=… [lo, hi] (n=…)`` with 95 % intervals."""
+    n = value["n"]
+    parts = []
+    for name, key in (("r", "pearson"), ("ρ", "spearman")):
+        low, high = interval(value[key], n, spearman=key == "spearman")
+        parts.append(f"{name}={value[key]:.3f} [{low:.2f}, {high:.2f}]")
+    return f"{', '.join(parts)} (n={n})"
 
 
 def summary_rows(r: dict[str, Any]) -> list[dict[str, str]]:
