@@ -18,6 +18,7 @@ import platform
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -161,6 +162,21 @@ def repo_relative(text: str) -> str:
     return text.replace(f"{BENCH_DIR.parent}{os.sep}", "")
 
 
+def code_revision() -> str | None:
+    """The checkout's commit (``+changes`` when the package or benchmarks differ from it), None outside git."""
+    root = BENCH_DIR.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD").strip()
+        changed = git("status", "--porcelain", "--", "src", "bench/*.py").strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if changed else "")
+
+
 def command_line() -> str:
     """The exact command that ran this benchmark (paths are made relative when the report is written)."""
     return shlex.join([sys.executable, *sys.argv])
@@ -173,6 +189,7 @@ def new_report(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "meta": {
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": command_line(),
+            "revision": code_revision(),
             "quick": bool(args.quick),
             "model": args.model,
             "machine": machine_info(),

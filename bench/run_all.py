@@ -98,6 +98,7 @@ def section(report: dict[str, Any], status: dict[str, Any] | None) -> list[str]:
             ("machine", f"{cpu}, torch {machine['torch']}, {machine['torch_threads']} threads"),
             ("load average at start (1, 5, 15 min)", load(machine.get("load_average"))),
             ("command", f"`{meta['command']}`"),
+            ("code revision", meta.get("revision") or "not recorded"),
         ],
     )
     lines.append("")
