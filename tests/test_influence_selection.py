@@ -41,11 +41,13 @@ def select(strategy: str, influence=INFLUENCE, seed: int = 0, **kwargs) -> list[
 
 
 def test_each_strategy_picks_what_it_claims() -> None:
-    assert select("dits") == ["p0", "p5", "p4"]  # top ⌊0.5 · 6⌋ by H
-    assert select("influence") == ["p5", "p4", "p2"]  # γ = 0; p2 and p3 tie on I, p2 has the higher Q
+    # every strategy returns its pairs in pool order
+    assert select("dits") == ["p0", "p4", "p5"]  # top ⌊0.5 · 6⌋ by H
+    assert select("influence") == ["p2", "p4", "p5"]  # γ = 0; p2 and p3 tie on I, p2 has the higher Q
     assert select("q") == ["p0", "p1", "p2"]
     assert select("full") == [p.id for p in PAIRS]
-    assert select("dits", gamma=2.0) == ["p5", "p4", "p0"]  # H = Q + 2Î: 2.5, 2.2, 2.0, 1.8, …
+    assert select("dits", alpha=0.34) == ["p0", "p5"]  # ⌊2.04⌋ = 2: H = 2.0 and 1.5
+    assert select("dits", gamma=2.0, alpha=0.34) == ["p4", "p5"]  # H = Q + 2Î: 2.5, 2.2, 2.0, …
     assert select("dits", alpha=0.2) == ["p0"]  # ⌊1.2⌋ = 1
     assert select("q", alpha=0.01) == ["p0"]  # at least one pair
 

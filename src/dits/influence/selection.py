@@ -10,14 +10,15 @@ Strategies (`SelectionConfig.strategy`), over pairs that already passed Optima's
 * ``random``: k pairs drawn with a seeded RNG, returned in pool order;
 * ``full``: every pair, in pool order.
 
-Ranked strategies return the best first.
+Every strategy returns its pairs in pool order, so two strategies that keep the same pairs train the
+same DPO run (the trainer's seeded shuffle would otherwise see them in a different order).
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from dits.config import SelectionConfig
 from dits.errors import DitsError
@@ -51,7 +52,7 @@ def select_pairs(
         picked = sorted(random.Random(seed).sample(range(len(pairs)), k))
         return [pairs[i] for i in picked]
     if cfg.strategy == "q":
-        return sorted(pairs, key=lambda p: -p.chosen_value)[:k]
+        return _top(pairs, k, lambda p: (-p.chosen_value,))
     if influence is None:
         raise DitsError(
             f"selection strategy {cfg.strategy!r} needs influence scores; run the influence stage"
@@ -66,7 +67,15 @@ def select_pairs(
         key = {p.id: p.chosen_value + cfg.gamma * scaled[p.id] for p in pairs}
     else:
         key = {p.id: influence[p.id] for p in pairs}
-    return sorted(pairs, key=lambda p: (-key[p.id], -p.chosen_value))[:k]
+    return _top(pairs, k, lambda p: (-key[p.id], -p.chosen_value))
+
+
+def _top(
+    pairs: Sequence[PreferencePair], k: int, rank: Callable[[PreferencePair], tuple[float, ...]]
+) -> list[PreferencePair]:
+    """The ``k`` pairs ranked first by ``rank`` (ascending; ties in pool order), in pool order."""
+    best = set(sorted(range(len(pairs)), key=lambda i: rank(pairs[i]))[:k])
+    return [p for i, p in enumerate(pairs) if i in best]
 
 
 def assign_influence(
