@@ -91,16 +91,14 @@ def section(report: dict[str, Any], status: dict[str, Any] | None) -> list[str]:
     if status and status.get("returncode"):
         lines += [f"**The last `run_all` of this benchmark exited with status {status['returncode']}.**", ""]
     cpu = f"{machine['cpu']}, {machine['cores']} cores ({machine.get('cores_usable')} usable)"
-    lines += table(
-        ("run", ""),
-        [
-            ("date", meta["date"]),
-            ("machine", f"{cpu}, torch {machine['torch']}, {machine['torch_threads']} threads"),
-            ("load average at start (1, 5, 15 min)", load(machine.get("load_average"))),
-            ("command", f"`{meta['command']}`"),
-            ("code revision", meta.get("revision") or "not recorded"),
-        ],
-    )
+    rows = [
+        ("date", meta["date"]),
+        ("machine", f"{cpu}, torch {machine['torch']}, {machine['torch_threads']} threads"),
+        ("load average at start (1, 5, 15 min)", load(machine.get("load_average"))),
+        ("command", f"`{meta['command']}`"),
+        ("code revision", meta.get("revision") or "not recorded"),
+    ]
+    lines += table(("run", ""), rows + ([("note", meta["summary_note"])] if meta.get("summary_note") else []))
     lines.append("")
     lines += table(
         ("metric", "value", "goal / paper"), [(r["metric"], r["value"], r["goal"]) for r in report["summary"]]
