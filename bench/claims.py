@@ -396,7 +396,9 @@ def ablation(
     chosen_stats: dict[str, Any] = {}
     for s in range(args.seeds):
         for name, chosen in subsets(run, pool, influence, args.alpha, s).items():
-            result = train_and_eval(run, policy, chosen, f"{sig}-{name}-s{s}", s)
+            # the stage key names the chosen pairs in their order, so a change of selection retrains
+            label = f"{sig}-{name}-{signature([p.id for p in chosen])}-s{s}"
+            result = train_and_eval(run, policy, chosen, label, s)
             scores[name].append(result["score"])
             tokens[name].append(result["mean_tokens"])
             chosen_stats.setdefault(name, []).append(describe(chosen, influence))

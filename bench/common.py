@@ -91,12 +91,13 @@ The pools keep every best-vs-worst pair with a gap ≥ 0.1 instead (still the to
 
 def scratch_config(name: str, args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
     """The config of a scratch run under ``args.scratch_dir``, named after the benchmark, the model,
-    the scale and a digest of the resolved config: the same invocation resumes its finished stages, any
-    other setting gets its own directory."""
-    from dits.config import dump_config
-
+    the scale and a digest of the settings that differ from the defaults: the same invocation resumes
+    its finished stages, any other setting gets its own directory, and a config key added later with
+    its default does not move the run (`dits.loop.Run` still refuses a directory whose config
+    differs)."""
     cfg = bench_config(args.model, args.overrides, ["method=dits-dpo", *POOL_OVERRIDES, *extra])
-    digest = hashlib.blake2b(dump_config(cfg).encode(), digest_size=4).hexdigest()
+    settings = json.dumps(cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+    digest = hashlib.blake2b(settings.encode(), digest_size=4).hexdigest()
     model = Path(args.model).name if os.sep in args.model else args.model
     folder = Path(args.scratch_dir) / f"{name}-{model}{'-quick' if args.quick else ''}-{digest}"
     cfg.name, cfg.runs_dir = folder.name, str(folder.parent)

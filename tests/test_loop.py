@@ -7,6 +7,7 @@ import random
 import re
 
 import pytest
+import yaml
 
 from dits.config import load_config
 from dits.engines.base import GenerationRequest, SamplingParams
@@ -122,6 +123,24 @@ def test_resuming_with_another_config_is_refused(tmp_path, tiny_model) -> None:
     run(cfg, engine=FakeEngine(guessing_responder))
     with pytest.raises(DitsError, match="different config"):
         run(config(tmp_path, tiny_model, "isft", "isft.samples_per_task=2"), engine=FakeEngine())
+
+
+def test_a_run_saved_before_a_config_key_existed_resumes(tmp_path, tiny_model) -> None:
+    cfg = config(tmp_path, tiny_model, "isft")
+    run(cfg, engine=FakeEngine(guessing_responder))
+    saved = cfg.run_dir / "config.yaml"
+    older = yaml.safe_load(saved.read_text())
+    del older["influence"]["racing_state_budget_mb"]  # as written by a version without the key
+    saved.write_text(yaml.safe_dump(older, sort_keys=False))
+    run(cfg, engine=FakeEngine(guessing_responder))  # the key's default is what that run did
+    older["influence"]["racing_state_budget_mb"] = 1  # not the default: a different run
+    saved.write_text(yaml.safe_dump(older, sort_keys=False))
+    with pytest.raises(DitsError, match="different config"):
+        run(cfg, engine=FakeEngine(guessing_responder))
+    older["influence"]["no_such_key"] = 1  # a key this version does not know
+    saved.write_text(yaml.safe_dump(older, sort_keys=False))
+    with pytest.raises(DitsError, match="different config"):
+        run(cfg, engine=FakeEngine(guessing_responder))
 
 
 DITS_SMALL = [

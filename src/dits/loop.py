@@ -17,8 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dits import __version__
-from dits.config import RunConfig, dump_config
+from dits.config import RunConfig, dump_config, validate_config
 from dits.engines.base import Engine, derive_seed
 from dits.engines.batching import run_programs
 from dits.engines.factory import make_engine
@@ -79,9 +81,12 @@ class Run:
         self._engine = engine
 
     def _check_config(self) -> None:
+        """Refuse to resume a run directory whose saved config differs from ``cfg``. The saved config is
+        read with today's schema first, so a run saved before a config key existed resumes as long as
+        the new key keeps its default (the behaviour the run was started with)."""
         text = dump_config(self.cfg)
         path = self.store.path("config.yaml")
-        if path.exists() and path.read_text() != text:
+        if path.exists() and not _same_config(path.read_text(), text):
             raise DitsError(
                 f"{self.store.root} holds a run with a different config; resume with the same config "
                 "and overrides, or choose another name (name=...)"
@@ -386,6 +391,17 @@ def _in_order(records: Sequence[dict[str, Any]], instances: Sequence[TaskInstanc
     """Records sorted into the order of ``instances`` (resumed stages finish in another order)."""
     by_id = {str(r["id"]): r for r in records}
     return [by_id[i.id] for i in instances if i.id in by_id]
+
+
+def _same_config(saved: str, current: str) -> bool:
+    """Whether a saved config (YAML) is ``current`` once keys added since it was saved take their
+    defaults; a saved key that no longer exists, or any changed value, makes them differ."""
+    if saved == current:
+        return True
+    try:
+        return dump_config(validate_config(yaml.safe_load(saved) or {}, "saved config")) == current
+    except (DitsError, yaml.YAMLError):
+        return False
 
 
 def run(cfg: RunConfig, engine: Engine | None = None) -> dict[str, Any]:
