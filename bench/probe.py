@@ -297,7 +297,6 @@ def run_modes(setup: Setup, cfg: InfluenceConfig) -> tuple[Mode, Mode, Mode]:
     batched = measure(f"batched ({k} per batch)", harness, groups, step, [v], keep_fraction=1.0, per_batch=k)
     schedule = racing_schedule(cfg.racing_initial_tasks, v)
     keep = cfg.racing_keep_fraction
-    budget = int(cfg.racing_state_budget_mb * 2**20)
     racing = measure(
         f"racing {schedule}",
         harness,
@@ -306,7 +305,7 @@ def run_modes(setup: Setup, cfg: InfluenceConfig) -> tuple[Mode, Mode, Mode]:
         schedule,
         keep_fraction=keep,
         per_batch=k,
-        state_budget_bytes=budget,
+        state_budget_bytes=cfg.racing_state_budget_bytes,
     )
     return naive, batched, racing
 

@@ -145,6 +145,11 @@ class InfluenceConfig(Section):
     proxy_holdout_fraction: float = Field(0.0, ge=0, lt=1)
     first_order_proxy: bool = False
 
+    @property
+    def racing_state_budget_bytes(self) -> int:
+        """``racing_state_budget_mb`` in bytes (what `run_groups` takes)."""
+        return int(self.racing_state_budget_mb * 2**20)
+
 
 class SelectionConfig(Section):
     """H = Q + γ·minmax(I), keep the top α; or an ablation strategy."""

@@ -396,8 +396,6 @@ def _in_order(records: Sequence[dict[str, Any]], instances: Sequence[TaskInstanc
 def _same_config(saved: str, current: str) -> bool:
     """Whether a saved config (YAML) is ``current`` once keys added since it was saved take their
     defaults; a saved key that no longer exists, or any changed value, makes them differ."""
-    if saved == current:
-        return True
     try:
         return dump_config(validate_config(yaml.safe_load(saved) or {}, "saved config")) == current
     except (DitsError, yaml.YAMLError):

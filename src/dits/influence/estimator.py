@@ -451,7 +451,7 @@ def estimate(
             schedule,
             keep_fraction=cfg.racing_keep_fraction,
             per_batch=cfg.adapters_per_batch,
-            state_budget_bytes=int(cfg.racing_state_budget_mb * 2**20),
+            state_budget_bytes=cfg.racing_state_budget_bytes,
             on_group_done=on_group_done,
         )
         return InfluenceReport(
