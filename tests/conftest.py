@@ -11,7 +11,6 @@ import pytest
 from dits.tasks.base import Split, Task, TaskInstance
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 
 class CapitalsTask(Task):

@@ -1,86 +1,120 @@
-"""The eight loaders on the real offline copies in shared/datasets (skipped where that folder is absent)."""
+"""The loaders on files laid out like the offline dataset copies: ``tests/fixtures/offline``.
+
+Each folder there holds one dataset's files, one per split, in the schema of its offline copy, with
+invented rows. CBT's offline layouts (JSONL rows and the original text file) are the ones
+``test_cbt_text_and_json_layouts_agree`` in ``test_tasks_datasets.py`` reads.
+"""
 
 from pathlib import Path
+from typing import Any
 
-import pytest
-
+from dits.tasks.base import Split, TaskInstance
 from dits.tasks.registry import get_task
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="shared/datasets is not available")
+OFFLINE = Path(__file__).parent / "fixtures" / "offline"
+NO_EVIDENCE = {"alice": (), "bob": ()}
 
 
-def load(name, split, **files_and_options):
-    files = {key: str(DATA / path) for key, path in files_and_options.pop("files").items()}
-    return list(get_task(name, data_files=files, **files_and_options).instances(split))
+def load(name: str, split: Split, files: dict[str, str], **options: Any) -> list[TaskInstance]:
+    """The ``split`` instances of task ``name``; ``files`` maps splits to paths under ``OFFLINE``."""
+    data_files = {key: str(OFFLINE / path) for key, path in files.items()}
+    return list(get_task(name, data_files=data_files, **options).instances(split))
+
+
+def gold_per_agent(instance: TaskInstance) -> list[int]:
+    """How many supporting paragraphs Alice and Bob each hold."""
+    gold = tuple(title + ": " for title in instance.meta["supporting_titles"])
+    return [sum(p.startswith(gold) for p in instance.context[agent]) for agent in ("alice", "bob")]
 
 
 def test_hotpotqa_dev_copy():
-    instances = load("hotpotqa", "test", files={"test": "hotpotqa/validation.jsonl"}, test_limit=None)
-    assert len(instances) == 957 and len({i.id for i in instances}) == 957
+    files = {"test": "hotpotqa/validation.jsonl"}
+    instances = load("hotpotqa", "test", files, test_limit=None)
+    ids = [f"hp00000000000000000000a{k}" for k in range(1, 6)]
+    assert [i.id for i in instances] == ids
+    assert load("hotpotqa", "test", files) == instances  # fewer rows than the default test_limit
+    assert [i.id for i in load("hotpotqa", "test", files, test_limit=2)] == ids[:2]
     first = instances[0]
-    assert first.answers == ("Robert Erskine Childers DSC",)
-    assert len(first.context["alice"]) + len(first.context["bob"]) == 10
-    assert all(": " in paragraph for paragraph in first.context["alice"] + first.context["bob"])
-    assert len(load("hotpotqa", "test", files={"test": "hotpotqa/validation.jsonl"})) == 957  # < test_limit
+    assert first.answers == ("1862",) and first.meta["type"] == "bridge"
+    paragraphs = first.context["alice"] + first.context["bob"]
+    assert len(paragraphs) == 10 and all(": " in paragraph for paragraph in paragraphs)
+    assert "Maren Quist: Maren Quist (1931 – 2004) was a poet. She grew up on Skellan Island." in paragraphs
+    # two gold paragraphs, one per agent; a supporting title absent from the context; 4 and 0 paragraphs
+    assert [sorted(gold_per_agent(i)) for i in instances] == [[1, 1], [1, 1], [0, 1], [1, 1], [0, 0]]
+    assert instances[2].meta["supporting_titles"] == ["Tobias Renn"]
+    assert len(instances[3].context["alice"] + instances[3].context["bob"]) == 4
+    assert instances[4].context == NO_EVIDENCE
 
 
 def test_2wikimultihopqa_dev_copy():
-    instances = load("2wikimultihopqa", "test", files={"test": "2wikimultihopqa/dev.jsonl"})
-    assert len(instances) == 500
-    for instance in instances[:50]:
-        gold = tuple(title + ": " for title in instance.meta["supporting_titles"])
-        holders = [
-            agent for agent in ("alice", "bob") if any(p.startswith(gold) for p in instance.context[agent])
-        ]
-        assert holders == ["alice", "bob"]  # the evidence is always spread over both agents
+    instances = load("2wikimultihopqa", "test", {"test": "2wikimultihopqa/dev.jsonl"})
+    assert [i.meta["type"] for i in instances] == [
+        "compositional",
+        "comparison",
+        "bridge_comparison",
+        "inference",
+        "comparison",
+    ]
+    assert instances[0].answers == ("Joss Pell",) and instances[0].id == "2w000000000000000000000000000001"
+    assert all(len(i.context["alice"] + i.context["bob"]) == 10 for i in instances)
+    # the evidence is always spread over both agents, also with four gold titles or a title used twice
+    assert [sorted(gold_per_agent(i)) for i in instances] == [[1, 1], [1, 1], [2, 2], [1, 1], [1, 2]]
+    assert instances[4].meta["supporting_titles"] == ["Hale Morrow", "Tilde Brandt", "Hale Morrow"]
 
 
 def test_triviaqa_copies_have_no_evidence():
-    validation = load("triviaqa", "test", files={"test": "triviaqa/validation.sample150.jsonl"})
-    assert len(validation) == 150
-    assert all(i.context == {"alice": (), "bob": ()} for i in validation)
-    assert validation[0].answers[0] == "Tequila"
-    train = load("triviaqa", "train", files={"train": "triviaqa/train.first2000.jsonl"})
-    assert len(train) == 1800
+    validation = load("triviaqa", "test", {"test": "triviaqa/validation.jsonl"})
+    assert [i.id for i in validation] == ["3f9a1c0e7b2d", "81d04be2a9c6", "c5e7f3a01d48"]
+    assert all(i.context == NO_EVIDENCE and i.meta == {"evidence": False} for i in validation)
+    assert validation[0].answers == ("Brightsilver", "Bright silver", "brightsilver")  # gold first
+    files = {"train": "triviaqa/train.jsonl"}
+    train = load("triviaqa", "train", files, validation_size=2)
+    held_out = load("triviaqa", "validation", files, validation_size=2)
+    assert [i.id for i in train] == ["0", "1", "2", "3"] and [i.id for i in held_out] == ["4", "5"]
+    assert all(i.context == NO_EVIDENCE for i in train + held_out)
+    assert train[0].answers == ("Nightwren", "night wren", "The Nightwren")
 
 
-def test_cbt_excerpt_both_formats():
-    as_json = load("cbt", "test", files={"test": "cbt/CN.test.jsonl"})
-    as_text = load("cbt", "test", files={"test": "cbt/raw_excerpt/cbtest_CN_test_2500ex.txt"})
-    assert len(as_json) == 2 and as_json == as_text
-    assert as_json[0].answers == ("man",)
-    assert len(as_json[0].context["alice"]) == len(as_json[0].context["bob"]) == 10
-
-
-def test_gsm8k_complete():
+def test_gsm8k_train_and_test_files():
     files = {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"}
-    test = load("gsm8k", "test", files=files)
-    assert len(test) == 1319 and test[0].answers == ("18",)
-    train, validation = load("gsm8k", "train", files=files), load("gsm8k", "validation", files=files)
-    assert len(train) == 7273 and len(validation) == 200
+    test = load("gsm8k", "test", files)
+    assert [i.answers for i in test] == [("18",), ("60",), ("30",)]
+    train = load("gsm8k", "train", files, validation_size=2)
+    validation = load("gsm8k", "validation", files, validation_size=2)
+    assert [i.id for i in train] == ["train-0", "train-1", "train-2", "train-3"]
+    assert [i.id for i in validation] == ["train-4", "train-5"]
     assert not {i.question for i in train} & {i.question for i in validation}
 
 
 def test_math_test_split():
-    instances = load("math", "test", files={"test": "math/test.jsonl"})
-    assert len(instances) == 5000
-    assert instances[0].id == "test/algebra/1.json" and instances[0].answers == ("2",)
-    assert all(instance.answers[0] for instance in instances)
+    instances = load("math", "test", {"test": "math/test.jsonl"})
+    assert [i.id for i in instances] == [
+        "test/algebra/901.json",
+        "test/counting_and_probability/902.json",
+        "test/geometry/903.json",
+        "test/intermediate_algebra/904.json",
+    ]
+    assert [i.answers[0] for i in instances] == ["5", r"\frac{1}{4}", "40", r"(-\infty,2]"]  # last box
+    assert instances[1].meta == {"level": "Level 2", "type": "Counting & Probability"}
 
 
 def test_arc_challenge_test_split():
-    instances = load("arc-challenge", "test", files={"test": "arc_challenge/test.jsonl"})
-    assert len(instances) == 1172
-    assert instances[0].answers == ("Planetary days will become shorter.",)
+    instances = load("arc-challenge", "test", {"test": "arc_challenge/test.jsonl"})
+    assert [i.answers for i in instances] == [("a gale-cup",), ("seeds",), ("cork-moss",)]
+    assert [len(i.meta["choices"]) for i in instances] == [4, 3, 5]
     assert all(f"- {i.answers[0]}" in i.question for i in instances)
 
 
 def test_mmlu_test_and_carved_validation():
     files = {"train": "mmlu/validation.jsonl", "test": "mmlu/test.jsonl"}
-    test = load("mmlu", "test", files=files)
-    assert len(test) == 1000 and len({i.id for i in test}) == 1000
+    assert len(load("mmlu", "test", files)) == 5  # fewer rows than the default test_limit
+    test = load("mmlu", "test", files, test_limit=3)
+    assert [i.id for i in test] == ["test-3", "test-1", "test-2"]  # the fixed shuffle, then the limit
+    assert [i.answers for i in test] == [("choice 14a",), ("choice 12a",), ("choice 13b",)]
     assert all(f"- {i.answers[0]}" in i.question for i in test)
-    train, validation = load("mmlu", "train", files=files), load("mmlu", "validation", files=files)
-    assert len(validation) == 200 and 1300 < len(train) <= 1331
+    train = load("mmlu", "train", files, validation_size=2)
+    validation = load("mmlu", "validation", files, validation_size=2)
+    assert [i.id for i in validation] == ["train-0", "train-5"]
+    # row 2 repeats row 5 (same question and choices, another subject), which is in the validation slice
+    assert [i.id for i in train] == ["train-1", "train-3", "train-4", "train-6"]
     assert not {i.question for i in train} & {i.question for i in validation}
