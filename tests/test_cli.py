@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dits.cli import app
+from dits.config import load_config
 
 REPO_CONFIG = "configs/cpu/synth-ie-dits.yaml"
 
@@ -87,3 +88,24 @@ def test_tasks_list_and_show() -> None:
     shown = invoke("tasks", "show", "synth-ie", "--n", "1")
     assert shown.exit_code == 0
     assert "alice sees" in shown.output and "bob sees" in shown.output
+
+
+def test_config_show_prints_a_commented_config_that_reads_back(tmp_path) -> None:
+    shown = tmp_path / "shown.yaml"
+    for args, expected in [
+        ((REPO_CONFIG, "loop.iterations=3"), load_config(REPO_CONFIG, ["loop.iterations=3"])),
+        (("selection.gamma=0",), load_config(None, ["selection.gamma=0"])),
+        ((), load_config(None)),
+    ]:
+        result = invoke("config", "show", *args)
+        assert result.exit_code == 0, result.output
+        assert "# turn cap (Optima: 10)\n  max_turns: " in result.output
+        shown.write_text(result.output)
+        assert load_config(shown) == expected, args
+
+
+@pytest.mark.parametrize("override", ["search.no_such_key=1", "loop.iterations=0", "loop.iterations"])
+def test_config_show_fails_like_run_on_bad_keys(override) -> None:
+    shown = invoke("config", "show", REPO_CONFIG, override)
+    assert_one_line_error(shown, REPO_CONFIG if "=" in override else "key=value")
+    assert shown.output == invoke("run", REPO_CONFIG, override).output

@@ -17,9 +17,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 models_app = typer.Typer(no_args_is_help=True, help="Built-in models.")
 tasks_app = typer.Typer(no_args_is_help=True, help="Tasks: built-in, real datasets, your own JSONL.")
 tree_app = typer.Typer(no_args_is_help=True, help="Inspect search trees of a run.")
+config_app = typer.Typer(no_args_is_help=True, help="Run configs: every key with its default and meaning.")
 app.add_typer(models_app, name="models")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(tree_app, name="tree")
+app.add_typer(config_app, name="config")
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -106,6 +108,26 @@ def tasks_show(
         for speaker in ("alice", "bob"):
             for message in agent_view(instance, speaker, [], demonstrate=False)[1:]:
                 console.print(f"[bold]{speaker} sees[/bold]\n{message['content']}")
+
+
+# --------------------------------------------------------------------------------------- config
+@config_app.command("show")
+@user_errors
+def config_show(
+    config: Annotated[
+        str | None, typer.Argument(help="YAML run config (see configs/); leave out for the defaults")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="dotted overrides, e.g. loop.iterations=1")
+    ] = None,
+) -> None:
+    """Print the resolved config as YAML, each key with its meaning as a comment (a valid run config)."""
+    from dits.config import load_config
+    from dits.config_docs import commented_yaml
+
+    if config is not None and "=" in config and not Path(config).exists():
+        config, overrides = None, [config, *(overrides or [])]
+    typer.echo(commented_yaml(load_config(config, overrides or [])), nl=False)
 
 
 # --------------------------------------------------------------------------------------- eval

@@ -25,125 +25,216 @@ class Section(BaseModel):
 class TaskConfig(Section):
     """Which task; ``data_files`` maps a split to a local file; ``options`` are task-specific knobs."""
 
-    name: str = "synth-ie"
-    data_files: dict[str, str] = Field(default_factory=dict)
-    options: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(
+        "synth-ie", description="task name (see `dits tasks list`), or jsonl:PATH for your own data"
+    )
+    data_files: dict[str, str] = Field(
+        default_factory=dict,
+        description="split → local JSON/JSONL file, e.g. {test: dev.jsonl}; splits not listed load from the Hub",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="task-specific knobs, e.g. synth-ie's distractors, kinds, seed"
+    )
 
 
 class EngineConfig(Section):
     """Text generation backend."""
 
-    kind: Literal["hf", "fake"] = "hf"
-    batch_size: int = Field(32, ge=1)
-    device: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    cache: Literal["static", "dynamic"] = "static"
+    kind: Literal["hf", "fake"] = Field(
+        "hf", description="hf (transformers generate) or fake (scripted, tests)"
+    )
+    batch_size: int = Field(32, ge=1, description="rows per generate micro-batch")
+    device: str | None = Field(None, description="torch device, e.g. cuda or cpu; null: cuda if available")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="model weights' dtype; auto: bfloat16 on GPU, float32 on CPU"
+    )
+    cache: Literal["static", "dynamic"] = Field(
+        "static", description="KV cache: static (pre-allocated, shared-prefix reuse) or dynamic"
+    )
 
 
 class DialogueConfig(Section):
     """The turn protocol (Optima: 10 turns, 2000 tokens per utterance)."""
 
-    max_turns: int = Field(6, ge=1)
-    max_utterance_tokens: int = Field(96, ge=1)
-    max_total_tokens: int | None = None
-    stop_on_overlong: bool = True
-    demonstration: bool = True
+    max_turns: int = Field(6, ge=1, description="turn cap (Optima: 10)")
+    max_utterance_tokens: int = Field(96, ge=1, description="token cap per utterance (Optima: 2000)")
+    max_total_tokens: int | None = Field(None, description="token cap per dialogue; null: none")
+    stop_on_overlong: bool = Field(
+        True, description="an utterance at the cap ends the dialogue (and costs the token term)"
+    )
+    demonstration: bool = Field(
+        True, description="a worked example exchange before the conversation (for small models)"
+    )
 
 
 class RewardConfig(Section):
     """R = task − λ_tok·tokens/T + λ_loss / max NLL (see `dits.reward`)."""
 
-    lambda_tokens: float = 0.6
-    lambda_loss: float = 1.0
-    min_tokens: int = 8
-    max_tokens: int = 2000
+    lambda_tokens: float = Field(0.6, description="λ_tok, weight of the token term tokens / T_norm")
+    lambda_loss: float = Field(
+        1.0, description="λ_loss, weight of the readability term 1 / max utterance NLL"
+    )
+    min_tokens: int = Field(
+        8, description="the token term is −1 for dialogues of ≤ this many tokens (Optima: 40)"
+    )
+    max_tokens: int = Field(
+        2000, description="the readability term is −1 for dialogues over this many tokens (Optima: 2000)"
+    )
 
 
 class ISFTConfig(Section):
     """iSFT sampling: N dialogues per task, best-of-N, keep a top band above ε."""
 
-    tasks_per_iteration: int = Field(64, ge=1)
-    samples_per_task: int = Field(8, ge=1)
-    temperature: float = 0.7
-    initial_temperature: float = 0.3
-    format_pool: bool = True
-    keep_top_fraction: float = Field(0.7, gt=0, le=1)
-    drop_top_fraction: float = Field(0.0, ge=0, lt=1)
-    min_reward: float = 0.5
+    tasks_per_iteration: int = Field(64, ge=1, description="training tasks sampled per iteration")
+    samples_per_task: int = Field(8, ge=1, description="N, dialogues sampled per task (best of N kept)")
+    temperature: float = Field(0.7, description="sampling temperature after iteration 0")
+    initial_temperature: float = Field(0.3, description="sampling temperature at iteration 0")
+    format_pool: bool = Field(
+        True, description="at iteration 0, each dialogue gets a communication format from a pool of ten"
+    )
+    keep_top_fraction: float = Field(
+        0.7, gt=0, le=1, description="tasks ranked by best reward: the kept band ends at this fraction"
+    )
+    drop_top_fraction: float = Field(
+        0.0, ge=0, lt=1, description="tasks ranked by best reward: the kept band starts at this fraction"
+    )
+    min_reward: float = Field(
+        0.5, description="ε: tasks whose best dialogue's reward is below it are dropped"
+    )
 
 
 class SearchConfig(Section):
     """Optima's MCTS over dialogue turns, wave-batched across trees."""
 
-    tasks_per_iteration: int = Field(32, ge=1)
-    expansions: int = Field(8, ge=1)
-    rollouts_per_expansion: int = Field(3, ge=1)
-    temperature: float = 0.7
-    top_k: int = Field(10, ge=1)
-    dedup_threshold: float = 0.25
-    merge_threshold: float = 0.1
-    max_active_trees: int = Field(64, ge=1)
-    token_budget_percentile: float = Field(80, gt=0, le=100)
-    token_budget_tasks: int = Field(16, ge=1)
-    guidance: Literal["q", "influence"] = "q"
-    influence_weight: float = 1.0
-    rounds: int = Field(1, ge=1)
+    tasks_per_iteration: int = Field(32, ge=1, description="search trees (one per task) per iteration")
+    expansions: int = Field(8, ge=1, description="expansions per tree (paper: 8)")
+    rollouts_per_expansion: int = Field(3, ge=1, description="rollouts per expansion (paper: 3)")
+    temperature: float = Field(0.7, description="rollout sampling temperature")
+    top_k: int = Field(10, ge=1, description="node selection: softmax over the top k priorities")
+    dedup_threshold: float = Field(
+        0.25, description="skip candidate nodes within this normalised edit distance of an expanded node"
+    )
+    merge_threshold: float = Field(
+        0.1, description="merge a new utterance into a child within this normalised edit distance"
+    )
+    max_active_trees: int = Field(64, ge=1, description="trees in flight at once (memory vs batch size)")
+    token_budget_percentile: float = Field(
+        80,
+        gt=0,
+        le=100,
+        description="T_norm of the search reward: this percentile of sampled dialogue lengths",
+    )
+    token_budget_tasks: int = Field(16, ge=1, description="tasks sampled (one dialogue each) to set T_norm")
+    guidance: Literal["q", "influence"] = Field(
+        "q", description="node priority: q (Optima) or influence (Q + influence_weight · influence; DITS)"
+    )
+    influence_weight: float = Field(
+        1.0, description="weight of the normalised influence in the node priority (guidance: influence)"
+    )
+    rounds: int = Field(
+        1,
+        ge=1,
+        description="guidance influence: the expansions come in this many rounds, probed between rounds",
+    )
 
 
 class PairConfig(Section):
     """Preference-pair prefilters: chosen-value floor, value gap, top fraction per tree."""
 
-    min_chosen_value: float = 0.4
-    min_gap: float = 0.2
-    top_fraction_per_tree: float = Field(0.5, gt=0, le=1)
+    min_chosen_value: float = Field(0.4, description="a pair is kept only if chosen Q > this")
+    min_gap: float = Field(0.2, description="a pair is kept only if chosen Q − rejected Q > this")
+    top_fraction_per_tree: float = Field(
+        0.5, gt=0, le=1, description="per tree, this top fraction of the pairs by chosen Q is kept"
+    )
 
 
 class LoraSettings(Section):
-    r: int = Field(8, ge=1)
-    alpha: int = 16
-    dropout: float = 0.0
+    """The LoRA adapter's shape."""
+
+    r: int = Field(8, ge=1, description="LoRA rank")
+    alpha: int = Field(16, description="LoRA alpha (the update is scaled by alpha / r)")
+    dropout: float = Field(0.0, description="LoRA dropout")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="modules that get LoRA layers (default: every attention and MLP projection)",
     )
 
 
 class TrainConfig(Section):
     """One SFT or DPO stage (TRL trainers)."""
 
-    lora: bool = True
-    lora_settings: LoraSettings = Field(default_factory=LoraSettings)
-    learning_rate: float = 2e-4
-    epochs: float = 1.0
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(1024, ge=16)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    beta: float = 0.1
-    """DPO only: the KL weight."""
-    nll_weight: float = 0.0
-    """DPO only: weight of the NLL of the chosen answer (Optima's iDPO uses 1)."""
+    lora: bool = Field(True, description="train a LoRA adapter; false: full fine-tuning")
+    lora_settings: LoraSettings = Field(
+        default_factory=LoraSettings, description="the adapter when lora is true"
+    )
+    learning_rate: float = Field(2e-4, description="peak learning rate")
+    epochs: float = Field(1.0, description="passes over the training rows (fractions allowed)")
+    batch_size: int = Field(4, ge=1, description="rows per optimizer micro-step")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    max_length: int = Field(
+        1024,
+        ge=16,
+        description="token limit per training row (SFT views are cut at the end, DPO prompts lose old turns)",
+    )
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="learning-rate warm-up, fraction of all steps")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="learning-rate schedule after the warm-up"
+    )
+    beta: float = Field(0.1, description="DPO only: the KL weight β")
+    nll_weight: float = Field(
+        0.0, description="DPO only: weight of the NLL of the chosen answer (Optima's iDPO uses 1)"
+    )
 
 
 class InfluenceConfig(Section):
     """DITS probes: warm-up θ*, one step per group, metric after the step on V validation tasks."""
 
-    validation_tasks: int = Field(16, ge=1)
-    group_size: int = Field(5, ge=1)
-    warmup_steps: int = Field(10, ge=0)
-    warmup_lr: float = 5e-4
-    warmup_batch_size: int = Field(4, ge=1)
-    probe_optimizer: Literal["adam", "sgd"] = "adam"
-    probe_lr: float | Literal["auto"] = "auto"
-    probe_lr_grid: list[float] = Field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
-    target_change_fraction: float = Field(0.25, gt=0, lt=1)
-    estimator: Literal["exact", "racing", "first-order"] = "exact"
-    racing_initial_tasks: int = Field(4, ge=1)
-    racing_keep_fraction: float = Field(0.5, gt=0, le=1)
-    racing_state_budget_mb: float = Field(2048, ge=0)
-    adapters_per_batch: int = Field(16, ge=1)
-    proxy_holdout_fraction: float = Field(0.0, ge=0, lt=1)
-    first_order_proxy: bool = False
+    validation_tasks: int = Field(
+        16, ge=1, description="V, validation tasks per influence estimate (paper: 20)"
+    )
+    group_size: int = Field(5, ge=1, description="pairs per probe step (paper: 5)")
+    warmup_steps: int = Field(
+        10, ge=0, description="DPO steps warming up θ* on the candidate pool (paper: 50)"
+    )
+    warmup_lr: float = Field(5e-4, description="learning rate of the θ* warm-up (paper: 5e-5)")
+    warmup_batch_size: int = Field(4, ge=1, description="pairs per warm-up step (paper: 8)")
+    probe_optimizer: Literal["adam", "sgd"] = Field(
+        "adam", description="the probe step: adam (one fresh AdamW step, sign-like) or sgd"
+    )
+    probe_lr: float | Literal["auto"] = Field(
+        "auto", description="learning rate of the probe step; auto: calibrated on probe_lr_grid"
+    )
+    probe_lr_grid: list[float] = Field(
+        default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+        description="calibration: the learning rates tried, ascending",
+    )
+    target_change_fraction: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="calibration: the smallest lr that changes this fraction of dialogues wins",
+    )
+    estimator: Literal["exact", "racing", "first-order"] = Field(
+        "exact", description="exact, racing (successive halving) or first-order (no generation per group)"
+    )
+    racing_initial_tasks: int = Field(
+        4, ge=1, description="racing: validation tasks of the first round (doubled each round up to V)"
+    )
+    racing_keep_fraction: float = Field(
+        0.5, gt=0, le=1, description="racing: fraction of the groups kept after each round"
+    )
+    racing_state_budget_mb: float = Field(
+        2048, ge=0, description="racing: memory (MiB) for the probe adapters kept between rounds"
+    )
+    adapters_per_batch: int = Field(
+        16, ge=1, description="probe adapters whose validation dialogues share engine calls"
+    )
+    proxy_holdout_fraction: float = Field(
+        0.0, ge=0, lt=1, description="analysis: trees held out to record the DPO-loss-change proxy; 0: off"
+    )
+    first_order_proxy: bool = Field(
+        False, description="analysis: also record the first-order estimate next to the exact one"
+    )
 
     @property
     def racing_state_budget_bytes(self) -> int:
@@ -154,44 +245,74 @@ class InfluenceConfig(Section):
 class SelectionConfig(Section):
     """H = Q + γ·minmax(I), keep the top α; or an ablation strategy."""
 
-    strategy: Literal["dits", "full", "random", "q", "influence"] = "dits"
-    gamma: float = 1.0
-    alpha: float = Field(0.5, gt=0, le=1)
+    strategy: Literal["dits", "full", "random", "q", "influence"] = Field(
+        "dits",
+        description="dits (top α by H); ablations: full (Optima), random, q (top α by Q), influence (γ = 0)",
+    )
+    gamma: float = Field(1.0, description="γ, weight of the min-max normalised influence in H (paper: 1)")
+    alpha: float = Field(0.5, gt=0, le=1, description="α, fraction of the pairs kept (paper: 0.5)")
 
 
 class LoopConfig(Section):
-    iterations: int = Field(2, ge=1)
-    sft_from_initial: bool = True
+    """The self-training iterations."""
+
+    iterations: int = Field(2, ge=1, description="self-training iterations (dits-dpo runs one)")
+    sft_from_initial: bool = Field(
+        True, description="every SFT starts from the base model; false: from the latest model"
+    )
 
 
 class EvalConfig(Section):
-    split: Literal["train", "validation", "test"] = "test"
-    limit: int | None = 50
-    self_consistency: int = Field(0, ge=0)
-    self_consistency_temperature: float = 0.5
+    """Evaluation before training and after every iteration."""
+
+    split: Literal["train", "validation", "test"] = Field("test", description="the split evaluated")
+    limit: int | None = Field(50, description="tasks evaluated; null: the whole split")
+    self_consistency: int = Field(
+        0, ge=0, description="k sampled dialogues per task and a majority vote; 0: one greedy dialogue"
+    )
+    self_consistency_temperature: float = Field(
+        0.5, description="temperature of the self-consistency samples"
+    )
 
 
 class RunConfig(Section):
     """A whole experiment."""
 
-    name: str = "run"
-    method: Method = "isft-dpo"
-    seed: int = 0
-    model: str = "smollm2-135m"
-    runs_dir: str = "runs"
-    task: TaskConfig = Field(default_factory=TaskConfig)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    dialogue: DialogueConfig = Field(default_factory=DialogueConfig)
-    reward: RewardConfig = Field(default_factory=RewardConfig)
-    isft: ISFTConfig = Field(default_factory=ISFTConfig)
-    search: SearchConfig = Field(default_factory=SearchConfig)
-    pairs: PairConfig = Field(default_factory=PairConfig)
-    sft: TrainConfig = Field(default_factory=TrainConfig)
-    dpo: TrainConfig = Field(default_factory=lambda: TrainConfig(learning_rate=5e-5))
-    influence: InfluenceConfig = Field(default_factory=InfluenceConfig)
-    selection: SelectionConfig = Field(default_factory=SelectionConfig)
-    loop: LoopConfig = Field(default_factory=LoopConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    name: str = Field("run", description="run name; the run directory is runs_dir/name")
+    method: Method = Field(
+        "isft-dpo", description="isft, idpo, isft-dpo, dits (isft-dpo + influence selection) or dits-dpo"
+    )
+    seed: int = Field(0, description="every random choice derives from it")
+    model: str = Field("smollm2-135m", description="base model: built-in name, model folder or hub id")
+    runs_dir: str = Field("runs", description="folder of the run directories")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="the task and its data")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="text generation")
+    dialogue: DialogueConfig = Field(
+        default_factory=DialogueConfig, description="the two-agent turn protocol"
+    )
+    reward: RewardConfig = Field(
+        default_factory=RewardConfig, description="R = task − λ_tok · tokens / T_norm + λ_loss / max NLL"
+    )
+    isft: ISFTConfig = Field(default_factory=ISFTConfig, description="iSFT sampling and best-of-N filtering")
+    search: SearchConfig = Field(
+        default_factory=SearchConfig, description="tree search over dialogue turns (wave-batched)"
+    )
+    pairs: PairConfig = Field(default_factory=PairConfig, description="Optima's preference-pair prefilters")
+    sft: TrainConfig = Field(default_factory=TrainConfig, description="the SFT stages (TRL SFTTrainer)")
+    dpo: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(learning_rate=5e-5),
+        description="the DPO stages (TRL DPOTrainer)",
+    )
+    influence: InfluenceConfig = Field(
+        default_factory=InfluenceConfig, description="DITS: influence probes and estimators"
+    )
+    selection: SelectionConfig = Field(
+        default_factory=SelectionConfig, description="which preference pairs DPO trains on"
+    )
+    loop: LoopConfig = Field(default_factory=LoopConfig, description="the self-training iterations")
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="evaluation before training and after every iteration"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
