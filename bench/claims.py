@@ -1,6 +1,6 @@
 """The DITS paper's claims at small scale: synth-ie, one shared pool of tree-search pairs.
 
-One scratch run (`dits.loop.Run` stages, demo config, kept under ``bench/results/tmp`` so an interrupted
+One scratch run (the run's own stages (`dits.context.StageContext`), demo config, kept under ``bench/results/tmp`` so an interrupted
 benchmark resumes): iSFT sampling → SFT → tree search with the SFT model → preference pairs (Optima's
 prefilters). A fraction of whole trees is held out for the DPO-loss proxy; the rest is the pool. The
 influence of every group of the pool is estimated twice, on two DISJOINT halves A and B of the V
@@ -46,15 +46,20 @@ from common import (
     summary_row,
 )
 from dits.config import InfluenceConfig, RunConfig, SelectionConfig
+from dits.context import Policy, StageContext
+from dits.evaluate import evaluation_stage
 from dits.influence.estimator import estimate, split_holdout
 from dits.influence.report import agreement
 from dits.influence.selection import select_pairs
-from dits.loop import Policy, Run
+from dits.influence.stages import pairs_per_batch
+from dits.isft import sample_stage
 from dits.runtime import take
 from dits.search.pairs import PreferencePair
-from dits.store import write_atomic
+from dits.search.stages import pairs_stage, search_stage
 from dits.train.dpo import train_dpo
 from dits.train.records import dpo_rows
+from dits.train.stages import sft_stage
+from dits.utils import write_atomic
 
 NAME = "claims"
 SIZES = {  # (full, quick)
@@ -201,34 +206,29 @@ def print_plan(c: RunConfig, args: argparse.Namespace) -> dict[str, float]:
     return est
 
 
-def cached(run: Run, key: str, path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def cached(ctx: StageContext, key: str, path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """A resumable stage whose result is a JSON file: computed once, read back afterwards."""
 
     def work() -> dict[str, Any]:
         write_atomic(path, json.dumps(compute()))
         return {"file": str(path)}
 
-    run.stage(key, work)
+    ctx.stage(key, work)
     return json.loads(path.read_text())
 
 
-def unload(run: Run, name: str | None) -> None:
-    """Remove an adapter from the run's engine (another one active first, as PEFT prefers)."""
-    engine: Any = run.engine
-    if name is None or name not in engine.adapters():
-        return
-    others = [a for a in engine.adapters() if a != name]
-    if others:
-        engine.model.set_adapter(others[0])
-    engine.remove_adapter(name)
+def unload(ctx: StageContext, name: str | None) -> None:
+    """Remove an adapter from the run's engine."""
+    if name is not None and name in ctx.engine.adapters():
+        ctx.engine.remove_adapter(name)
 
 
 # ------------------------------------------------------------------------------------------ pool
-def build_pool(run: Run) -> tuple[Policy, list[PreferencePair]]:
+def build_pool(ctx: StageContext) -> tuple[Policy, list[PreferencePair]]:
     """SFT model and its tree-search pairs, through the run's own stages."""
     it = "iter_0"
-    policy = run.train_sft(it, run.sample(it, None, first=True), None)
-    pairs = run.pairs(it, run.search_trees(it, policy))
+    policy = sft_stage(ctx, it, sample_stage(ctx, it, None, first=True), None)
+    pairs = pairs_stage(ctx, it, search_stage(ctx, it, policy))
     if not pairs:
         raise SystemExit(
             "the search produced no preference pair; search more trees (--trees) or relax pairs.*"
@@ -237,40 +237,41 @@ def build_pool(run: Run) -> tuple[Policy, list[PreferencePair]]:
 
 
 def estimate_halves(
-    run: Run, policy: Policy, pairs: list[PreferencePair], args: argparse.Namespace, sig: str
+    ctx: StageContext, policy: Policy, pairs: list[PreferencePair], args: argparse.Namespace, sig: str
 ) -> tuple[list[PreferencePair], list[PreferencePair], dict[str, Any], dict[str, Any]]:
     """Pool and held-out pairs, and the influence reports on validation halves A and B."""
     pool, held = split_holdout(
-        pairs, round(args.holdout_fraction * len(pairs)), seed=run.seed("bench", "holdout")
+        pairs, round(args.holdout_fraction * len(pairs)), seed=ctx.seed("bench", "holdout")
     )
     half = args.validation // 2
-    validation = take(run.system.task, "validation", 2 * half)
-    seed = run.seed("bench", "influence")
+    validation = take(ctx.system.task, "validation", 2 * half)
+    seed = ctx.seed("bench", "influence")
 
     def on(tasks: Sequence[Any], cfg: InfluenceConfig) -> Callable[[], dict[str, Any]]:
         def compute() -> dict[str, Any]:
             report = estimate(
-                run.engine,  # type: ignore[arg-type]
-                run.system,
+                ctx.engine,
+                ctx.system,
                 pool,
                 tasks,
                 cfg,
-                run.cfg.dpo,
-                policy=run.adapter(policy),
+                ctx.cfg.dpo,
+                policy=ctx.serve(policy),
                 seed=seed,
-                lora=run.cfg.dpo.lora_settings,
+                lora=ctx.cfg.dpo.lora_settings,
                 holdout=held,
                 first_order=True,
+                pairs_per_batch=pairs_per_batch(ctx.cfg),
             )
             return report.to_dict()
 
         return compute
 
-    cfg = influence_config(run.cfg, args, half)
-    folder = run.store.path("bench", sig)
-    a = cached(run, f"bench/{sig}/influence_A", folder / "influence_A.json", on(validation[:half], cfg))
+    cfg = influence_config(ctx.cfg, args, half)
+    folder = ctx.store.path("bench", sig)
+    a = cached(ctx, f"bench/{sig}/influence_A", folder / "influence_A.json", on(validation[:half], cfg))
     fixed = InfluenceConfig.model_validate(cfg.model_dump() | {"probe_lr": a["lr"]})
-    b = cached(run, f"bench/{sig}/influence_B", folder / "influence_B.json", on(validation[half:], fixed))
+    b = cached(ctx, f"bench/{sig}/influence_B", folder / "influence_B.json", on(validation[half:], fixed))
     return pool, held, a, b
 
 
@@ -339,7 +340,7 @@ def claims_abc(rows: Sequence[dict[str, Any]], a: dict[str, Any], b: dict[str, A
 
 # ------------------------------------------------------------------------------------------ ablation
 def subsets(
-    run: Run, pool: Sequence[PreferencePair], influence: dict[str, float], alpha: float, seed_index: int
+    ctx: StageContext, pool: Sequence[PreferencePair], influence: dict[str, float], alpha: float, seed_index: int
 ) -> dict[str, list[PreferencePair]]:
     """The pairs each strategy keeps (only the random one depends on the seed)."""
     scored = [p for p in pool if p.id in influence]
@@ -348,29 +349,29 @@ def subsets(
             scored,
             influence,
             SelectionConfig(alpha=alpha, **spec),
-            seed=run.seed("bench", "random", seed_index),
+            seed=ctx.seed("bench", "random", seed_index),
         )
         for name, spec in STRATEGIES.items()
     }
 
 
 def train_and_eval(
-    run: Run, policy: Policy, chosen: list[PreferencePair], label: str, seed_index: int
+    ctx: StageContext, policy: Policy, chosen: list[PreferencePair], label: str, seed_index: int
 ) -> dict[str, Any]:
     """One DPO round from the SFT model on ``chosen`` (seed = the seed index's DPO seed, shared by all
-    strategies), then the test evaluation; both resumable stages of the scratch run."""
+    strategies), then the test evaluation; both resumable stages of the scratch ctx."""
     assert policy is not None
-    out = run.store.path("bench", "ablation", label, "dpo")
+    out = ctx.store.path("bench", "ablation", label, "dpo")
 
     def work() -> dict[str, Any]:
-        seed = run.train_seed("bench", "dpo", seed_index)
-        result = train_dpo(run.model_ref(policy), dpo_rows(chosen), run.cfg.dpo, out, seed=seed)
+        seed = ctx.train_seed("bench", "dpo", seed_index)
+        result = train_dpo(ctx.model_ref(policy), dpo_rows(chosen), ctx.cfg.dpo, out, seed=seed)
         return {"pairs": len(chosen), "steps": result.steps, "seed": seed, "output": str(out)}
 
-    trained = run.stage(f"bench/ablation/{label}/dpo", work)
+    trained = ctx.stage(f"bench/ablation/{label}/dpo", work)
     adapter = re.sub(r"\W", "_", f"abl_{label}")
-    summary = run.evaluate(f"ablation-{label}", (adapter, out))
-    unload(run, adapter)
+    summary = evaluation_stage(ctx, f"ablation-{label}", Policy(adapter, out))
+    unload(ctx, adapter)
     return {"score": summary["score"], "mean_tokens": summary["mean_tokens"], "pairs": trained["pairs"]}
 
 
@@ -383,7 +384,7 @@ def describe(chosen: Sequence[PreferencePair], influence: dict[str, float]) -> d
 
 
 def ablation(
-    run: Run,
+    ctx: StageContext,
     policy: Policy,
     pool: Sequence[PreferencePair],
     influence: dict[str, float],
@@ -395,10 +396,10 @@ def ablation(
     tokens: dict[str, list[float]] = {name: [] for name in STRATEGIES}
     chosen_stats: dict[str, Any] = {}
     for s in range(args.seeds):
-        for name, chosen in subsets(run, pool, influence, args.alpha, s).items():
+        for name, chosen in subsets(ctx, pool, influence, args.alpha, s).items():
             # the stage key names the chosen pairs in their order, so a change of selection retrains
             label = f"{sig}-{name}-{signature([p.id for p in chosen])}-s{s}"
-            result = train_and_eval(run, policy, chosen, label, s)
+            result = train_and_eval(ctx, policy, chosen, label, s)
             scores[name].append(result["score"])
             tokens[name].append(result["mean_tokens"])
             chosen_stats.setdefault(name, []).append(describe(chosen, influence))
@@ -428,14 +429,14 @@ def main() -> None:
     if args.plan:
         return
     report["config"] |= {"run_dir": str(cfg.run_dir), "run": cfg.model_dump(mode="json")}
-    run = scratch_run(cfg, args.fresh)
-    reused = [key for key, stage in run.store.stages().items() if stage.get("status") == "done"]
+    ctx = scratch_run(cfg, args.fresh)
+    reused = [key for key, stage in ctx.store.stages().items() if stage.get("status") == "done"]
 
-    policy, pairs = build_pool(run)
-    sft_eval = run.evaluate("sft", policy)
+    policy, pairs = build_pool(ctx)
+    sft_eval = evaluation_stage(ctx, "sft", policy)
     half = args.validation // 2
     sig = signature(influence_config(cfg, args, half).model_dump(), args.validation, args.holdout_fraction)
-    pool, held, a, b = estimate_halves(run, policy, pairs, args, sig)
+    pool, held, a, b = estimate_halves(ctx, policy, pairs, args, sig)
     rows = group_table(a, b, pairs)
     if len(rows) < 10:
         print(f"warning: only {len(rows)} groups; correlations are very noisy (search more trees: --trees)")
@@ -448,7 +449,7 @@ def main() -> None:
         "validation_halves": [len(a["validation_ids"]), len(b["validation_ids"])],
         "sft_eval": sft_eval,
         "claims": claims_abc(rows, a, b),
-        "ablation": ablation(run, policy, pool, influence, args, signature(sig, args.alpha)),
+        "ablation": ablation(ctx, policy, pool, influence, args, signature(sig, args.alpha)),
         "group_table": rows,
         "influence_wall_s": [a["wall_time"], b["wall_time"]],
         "stages_reused": reused,

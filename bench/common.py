@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dits.utils import write_atomic
+
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 TMP_DIR = RESULTS_DIR / "tmp"
@@ -93,7 +95,7 @@ def scratch_config(name: str, args: argparse.Namespace, extra: Sequence[str] = (
     """The config of a scratch run under ``args.scratch_dir``, named after the benchmark, the model,
     the scale and a digest of the settings that differ from the defaults: the same invocation resumes
     its finished stages, any other setting gets its own directory, and a config key added later with
-    its default does not move the run (`dits.loop.Run` still refuses a directory whose config
+    its default does not move the run (the run's executor still refuses a directory whose config
     differs)."""
     cfg = bench_config(args.model, args.overrides, ["method=dits-dpo", *POOL_OVERRIDES, *extra])
     settings = json.dumps(cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
@@ -105,12 +107,12 @@ def scratch_config(name: str, args: argparse.Namespace, extra: Sequence[str] = (
 
 
 def scratch_run(cfg: Any, fresh: bool = False) -> Any:
-    """The `dits.loop.Run` of a `scratch_config` (its directory deleted first when ``fresh``)."""
-    from dits.loop import Run
+    """The `dits.context.StageContext` of a `scratch_config` (its directory deleted first when ``fresh``)."""
+    from dits.context import StageContext
 
     if fresh:
         shutil.rmtree(cfg.run_dir, ignore_errors=True)
-    return Run(cfg)
+    return StageContext(cfg)
 
 
 def bench_config(model: str, overrides: Sequence[str], extra: Sequence[str] = ()) -> Any:
@@ -223,9 +225,7 @@ def fmt(value: Any) -> str:
 def write_report(path: Path, report: dict[str, Any]) -> None:
     """Write ``report`` as JSON (atomically; NaN becomes null)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(report), indent=1, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(_clean(report), indent=1, ensure_ascii=False) + "\n")
 
 
 def _clean(value: Any) -> Any:

@@ -1,7 +1,7 @@
 """Influence probes: batched multi-adapter estimation against one adapter at a time, and racing.
 
 Candidate pairs come from a real (small) tree search on ``synth-ie`` with the model, built by the
-`dits.loop.Run` stages (``search_trees`` → ``pairs``) in a scratch run directory (kept, so a re-run
+the run's own stages (`dits.search.stages`: search → pairs) in a scratch run directory (kept, so a re-run
 reuses the search). The pair prefilters are opened up (every branch point of every tree is a pair):
 this benchmark measures speed, and it needs K groups whatever the model's quality.
 
@@ -47,14 +47,16 @@ from common import (
     summary_row,
 )
 from dits.config import InfluenceConfig
-from dits.engines.hf import HFEngine
+from dits.context import StageContext
+from dits.engines.base import require
 from dits.influence import estimator
 from dits.influence.estimator import Group, Harness, calibrate, make_groups, racing_schedule, run_groups
 from dits.influence.probe import Prober, pair_logps, sequence_logps, shared_prompt_length
 from dits.influence.report import GroupInfluence, agreement
-from dits.loop import Run
+from dits.influence.stages import pairs_per_batch
 from dits.runtime import take
 from dits.search.pairs import PreferencePair
+from dits.search.stages import pairs_stage, search_stage
 
 NAME = "probe"
 SIZES = {  # (full, quick)
@@ -95,7 +97,7 @@ class Mode:
         }
 
 
-def build_pairs(args: argparse.Namespace) -> tuple[Run, list[PreferencePair], bool]:
+def build_pairs(args: argparse.Namespace) -> tuple[StageContext, list[PreferencePair], bool]:
     """The scratch run, its candidate pairs (tree search with the model, then pair extraction), and
     whether the search was reused from an earlier invocation."""
     cfg = scratch_config(
@@ -109,13 +111,13 @@ def build_pairs(args: argparse.Namespace) -> tuple[Run, list[PreferencePair], bo
             "pairs.top_fraction_per_tree=1.0",
         ],
     )
-    run = scratch_run(cfg, args.fresh)
-    reused = run.store.is_done("iter_0/trees")
-    pairs = run.pairs("iter_0", run.search_trees("iter_0", None))
-    return run, pairs, reused
+    ctx = scratch_run(cfg, args.fresh)
+    reused = ctx.store.is_done("iter_0/trees")
+    pairs = pairs_stage(ctx, "iter_0", search_stage(ctx, "iter_0", None))
+    return ctx, pairs, reused
 
 
-def influence_config(run: Run, args: argparse.Namespace) -> InfluenceConfig:
+def influence_config(ctx: StageContext, args: argparse.Namespace) -> InfluenceConfig:
     """The run's influence settings with this benchmark's sizes (kept out of the run's config, so that
     changing them reuses the scratch run's search)."""
     update: dict[str, Any] = {
@@ -126,7 +128,7 @@ def influence_config(run: Run, args: argparse.Namespace) -> InfluenceConfig:
     }
     if args.group_size:
         update["group_size"] = args.group_size
-    return InfluenceConfig.model_validate(run.cfg.influence.model_dump() | update)
+    return InfluenceConfig.model_validate(ctx.cfg.influence.model_dump() | update)
 
 
 def measure(
@@ -223,23 +225,31 @@ class Setup:
     seconds: dict[str, float]
 
 
-def prepare(run: Run, cfg: InfluenceConfig, pairs: list[PreferencePair], args: argparse.Namespace) -> Setup:
+def prepare(ctx: StageContext, cfg: InfluenceConfig, pairs: list[PreferencePair], args: argparse.Namespace) -> Setup:
     """Reference log-probs, θ* warm-up, θ*'s validation dialogues, the groups and the probe step size,
     each timed (the fixed cost of an influence stage; the caller must `Prober.close`)."""
-    engine = run.engine
-    assert isinstance(engine, HFEngine), "the probe benchmark needs the HF engine"
-    seed = run.seed("bench", NAME)
+    engine = ctx.engine
+    require(engine, "trainable_model", "the probe benchmark")
+    seed = ctx.seed("bench", NAME)
     seconds: dict[str, float] = {}
     with elapsed() as t:
-        prober = Prober(engine, pairs, run.cfg.dpo, policy=None, lora=run.cfg.dpo.lora_settings, seed=seed)
+        prober = Prober(
+            engine,
+            pairs,
+            ctx.cfg.dpo,
+            policy=None,
+            lora=ctx.cfg.dpo.lora_settings,
+            seed=seed,
+            pairs_per_batch=pairs_per_batch(ctx.cfg),
+        )
     seconds["reference_logps_s"] = t()
     pool = [p.id for p in pairs if p.id in prober.pairs]
     with elapsed() as t:
         prober.warm_up(pool, cfg.warmup_steps, cfg.warmup_lr, cfg.warmup_batch_size)
     seconds["warmup_s"] = t()
     with elapsed() as t:
-        validation = take(run.system.task, "validation", cfg.validation_tasks)
-        harness = Harness(prober, run.system, validation, seed=seed, first_order=False)
+        validation = take(ctx.system.task, "validation", cfg.validation_tasks)
+        harness = Harness(prober, ctx.system, validation, seed=seed, first_order=False)
     seconds["theta_star_dialogues_s"] = t()
     groups = make_groups(pool, cfg.group_size, seed)[: cfg.adapters_per_batch]
     if len(groups) < cfg.adapters_per_batch:
@@ -343,12 +353,12 @@ def results(setup: Setup, modes: tuple[Mode, Mode, Mode], cfg: InfluenceConfig) 
 def main() -> None:
     args = parse_args()
     report = new_report(NAME, args)
-    run, pairs, reused = build_pairs(args)
-    cfg = influence_config(run, args)
+    ctx, pairs, reused = build_pairs(args)
+    cfg = influence_config(ctx, args)
     report["config"] = {
         "influence": cfg.model_dump(),
-        "dpo": run.cfg.dpo.model_dump(),
-        "run_dir": str(run.store.root),
+        "dpo": ctx.cfg.dpo.model_dump(),
+        "run_dir": str(ctx.store.root),
     }
     print(
         f"work: {len(pairs)} candidate pairs -> up to {args.groups} groups of {cfg.group_size}; "
@@ -356,7 +366,7 @@ def main() -> None:
         f"{args.groups * args.validation} dialogues, racing fewer; calibration <= "
         f"{len(cfg.probe_lr_grid)} lr x {args.calibration_groups} groups x V"
     )
-    setup = prepare(run, cfg, pairs, args)
+    setup = prepare(ctx, cfg, pairs, args)
     try:
         sharing = prompt_sharing(setup)
         modes = run_modes(setup, cfg)

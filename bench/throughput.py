@@ -48,7 +48,7 @@ from common import (
     timed_method,
 )
 from dits.engines.hf import MIN_SHARED_PREFIX, HFEngine, SeededSampler, shared_prefix_length
-from dits.runtime import build_system, reward_weights, take
+from dits.runtime import build_system, take
 from dits.search.policy import QPolicy
 from dits.search.runner import search, token_budget
 
@@ -364,7 +364,7 @@ def main() -> None:
     budget = token_budget(system, instances, engine, s, cfg.seed)  # T_norm as the pipeline does; warms up
 
     def run_search() -> None:
-        search(system, instances, engine, s, reward_weights(cfg), budget, seed=cfg.seed, policy=QPolicy())
+        search(system, instances, engine, s, cfg.reward, budget, seed=cfg.seed, policy=QPolicy())
 
     measured = measure_search(engine, run_search)
     batches = measured.recorder.batches

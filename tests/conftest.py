@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dits.tasks.base import Split, Task, TaskInstance
+from dits.tasks.base import Task, TaskInstance
+from dits.tasks.types import Split
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dits.config import DialogueConfig
 from dits.engines.base import SamplingParams
 from dits.engines.batching import run_one
 from dits.engines.fake import FakeEngine, cycling_responder
-from dits.mas.dialogue import DialogueRules, Turn, TwoAgentSystem, impersonates, stop_reason
+from dits.mas.dialogue import Turn, TwoAgentSystem, impersonates, stop_reason
 from dits.mas.prompts import FORMAT_POOL
 from dits.mas.render import agent_view
 
@@ -15,7 +16,7 @@ def turn(speaker: str, text: str, answer: str | None = None, overlong: bool = Fa
 
 
 def test_agreement_ends_on_same_answer_as_the_last_one() -> None:
-    rules = DialogueRules(max_turns=10)
+    rules = DialogueConfig(max_turns=10)
     turns = [turn("alice", "x", "paris"), turn("bob", "y", "rome")]
     assert stop_reason(turns, rules) is None
     turns.append(turn("alice", "z", "rome"))
@@ -24,19 +25,19 @@ def test_agreement_ends_on_same_answer_as_the_last_one() -> None:
 
 def test_answer_after_answerless_turn_repeating_own_answer_ends() -> None:
     turns = [turn("alice", "a", "7"), turn("bob", "looks fine"), turn("alice", "b", "7")]
-    assert stop_reason(turns, DialogueRules()) == "agreement"
+    assert stop_reason(turns, DialogueConfig()) == "agreement"
 
 
 def test_caps() -> None:
-    assert stop_reason([turn("alice", "a"), turn("bob", "b")], DialogueRules(max_turns=2)) == "turn_cap"
-    assert stop_reason([turn("alice", "a b c d")], DialogueRules(max_total_tokens=3)) == "token_cap"
-    assert stop_reason([turn("alice", "a", overlong=True)], DialogueRules()) == "overlong"
-    assert stop_reason([turn("alice", "a", overlong=True)], DialogueRules(stop_on_overlong=False)) is None
+    assert stop_reason([turn("alice", "a"), turn("bob", "b")], DialogueConfig(max_turns=2)) == "turn_cap"
+    assert stop_reason([turn("alice", "a b c d")], DialogueConfig(max_total_tokens=3)) == "token_cap"
+    assert stop_reason([turn("alice", "a", overlong=True)], DialogueConfig()) == "overlong"
+    assert stop_reason([turn("alice", "a", overlong=True)], DialogueConfig(stop_on_overlong=False)) is None
 
 
 def test_converse_alternates_speakers_and_keeps_last_answer_at_turn_cap(capitals) -> None:
     engine = FakeEngine(cycling_responder(["I think <A>paris</A>", "Bob: no idea", "<A>rome</A>"]))
-    system = TwoAgentSystem(capitals, DialogueRules(max_turns=3))
+    system = TwoAgentSystem(capitals, DialogueConfig(max_turns=3))
     instance = next(capitals.instances("test"))
     dialogue = run_one(system.converse(instance, SamplingParams(), seed=1), engine)
     assert [t.speaker for t in dialogue.turns] == ["alice", "bob", "alice"]
@@ -48,7 +49,7 @@ def test_converse_alternates_speakers_and_keeps_last_answer_at_turn_cap(capitals
 
 def test_converse_seeds_depend_only_on_dialogue_seed_and_turn(capitals) -> None:
     engine = FakeEngine(cycling_responder(["<A>paris</A>"]))
-    system = TwoAgentSystem(capitals, DialogueRules())
+    system = TwoAgentSystem(capitals, DialogueConfig())
     instance = next(capitals.instances("test"))
     run_one(system.converse(instance, SamplingParams(), seed=5), engine)
     first = [requests[0].seed for requests, _ in engine.calls]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dits.engines.base import GenerationRequest, SamplingParams, derive_seed
+from dits.engines.base import AdapterWeights, GenerationRequest, SamplingParams
 from dits.engines.fake import FakeEngine
 from dits.errors import DitsError
+from dits.utils import derive_seed
 
 
 def chat(text: str) -> list[dict[str, str]]:
@@ -72,13 +73,11 @@ def test_mixed_adapter_batch_equals_one_adapter_at_a_time(tiny_model) -> None:
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     for index, name in enumerate(["a", "b"]):
         torch.manual_seed(index)
-        engine.add_adapter_weights(name, config, {})
+        engine.add_adapter(name, AdapterWeights(config, {}))
         state = {
             k: torch.randn_like(v) * 0.5
             for k, v in get_peft_model_state_dict(engine.model, adapter_name=name).items()
         }
-        engine.add_adapter_weights(name, config, state) if False else None
-
         set_peft_model_state_dict(engine.model, state, adapter_name=name)
     params = SamplingParams(max_new_tokens=8)
     names = ["a", "b", "__base__", "a", "b"]
@@ -118,8 +117,8 @@ def test_shared_prefix_reuse_gives_the_same_completions(tiny_model, temperature)
     for cache in ("static", "dynamic"):
         engine = HFEngine(tiny_model, batch_size=8, cache=cache)
         torch.manual_seed(0)
-        engine.add_adapter_weights(
-            "a", LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False), {}
+        engine.add_adapter(
+            "a", AdapterWeights(LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False), {})
         )
         outputs[cache] = [c[0].text for c in engine.generate(requests, params)]
         saved = engine.stats.extra.get("prefill_tokens_saved", 0)

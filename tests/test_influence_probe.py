@@ -12,6 +12,7 @@ from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from dits.config import LoraSettings, TrainConfig
+from dits.engines.base import AdapterWeights
 from dits.engines.hf import HFEngine
 from dits.errors import DitsError
 from dits.influence.probe import (
@@ -224,7 +225,7 @@ def test_a_probe_state_registers_as_the_stepped_adapter(engine: HFEngine, prober
     with prober.stepped(GROUP, 0.05):
         stepped = {n: p.detach().clone() for n, p in prober.params.items()}
         state = prober.state()
-    engine.add_adapter_weights("probe_x", prober.config, state)
+    engine.add_adapter("probe_x", AdapterWeights(prober.config, state))
     registered = {
         n.replace(".probe_x.", f".{prober.name}."): p
         for n, p in engine.model.named_parameters()

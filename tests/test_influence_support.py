@@ -9,12 +9,14 @@ from collections.abc import Iterator
 import torch
 from peft import LoraConfig
 
-from dits.config import InfluenceConfig, TrainConfig
+from dits.config import DialogueConfig, InfluenceConfig, TrainConfig
+from dits.engines.base import AdapterWeights
 from dits.engines.hf import HFEngine
-from dits.mas.dialogue import DialogueRules, TwoAgentSystem
+from dits.mas.dialogue import TwoAgentSystem
 from dits.mas.render import agent_view
 from dits.search.pairs import PreferencePair
-from dits.tasks.base import Split, Task, TaskInstance
+from dits.tasks.base import Task, TaskInstance
+from dits.tasks.types import Split
 
 POLICY = "sft"
 WORDS = ("surely", "well", "hmm", "okay", "listen", "indeed", "city", "river", "tower", "maybe", "never")
@@ -62,7 +64,7 @@ class HashTask(Task):
 def make_system() -> TwoAgentSystem:
     return TwoAgentSystem(
         HashTask(),
-        DialogueRules(max_turns=2, max_utterance_tokens=4, stop_on_overlong=False, demonstration=False),
+        DialogueConfig(max_turns=2, max_utterance_tokens=4, stop_on_overlong=False, demonstration=False),
     )
 
 
@@ -73,7 +75,7 @@ def make_engine(model: str) -> HFEngine:
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False
     )
     torch.manual_seed(0)
-    engine.add_adapter_weights(POLICY, config, {})
+    engine.add_adapter(POLICY, AdapterWeights(config, {}))
     engine.default_adapter = POLICY
     return engine
 

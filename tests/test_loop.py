@@ -1,19 +1,21 @@
-"""The iterative drivers end to end on the fake engine + tiny-random training, and crash/resume."""
+"""The recipes end to end on the fake engine + tiny-random training, and crash/resume."""
 
 from __future__ import annotations
 
 import json
 import random
 import re
+from typing import Any
 
 import pytest
 import yaml
 
 from dits.config import load_config
+from dits.context import Policy, StageContext
 from dits.engines.base import GenerationRequest, SamplingParams
 from dits.engines.fake import FakeEngine
 from dits.errors import DitsError
-from dits.loop import Run, plan_blocks, run
+from dits.recipes import run
 
 SMALL = [
     "task.name=synth-ie",
@@ -70,14 +72,20 @@ def test_each_optima_method_runs_and_evaluates(tmp_path, tiny_model, method) -> 
     assert (cfg.run_dir / "config.yaml").exists()
 
 
-def test_blocks_give_every_stage_fresh_tasks(tmp_path, tiny_model) -> None:
-    cfg = config(tmp_path, tiny_model, "isft-dpo", "loop.iterations=2")
-    assert plan_blocks(cfg) == {
-        "iter_0/samples": (0, 4),
-        "iter_0/trees": (4, 3),
-        "iter_1/samples": (7, 4),
-        "iter_1/trees": (11, 3),
-    }
+@pytest.mark.parametrize("method", ["isft-dpo", "idpo"])
+def test_every_synthesis_stage_gets_fresh_train_tasks_in_recipe_order(tmp_path, tiny_model, method) -> None:
+    cfg = config(tmp_path, tiny_model, method, "loop.iterations=2")
+    run(cfg, engine=FakeEngine(guessing_responder))
+    train = [i.id for i in StageContext(cfg).tasks("train", 30)]
+    order = ["init/sft_samples.jsonl"] if method == "idpo" else []
+    for it in ("iter_0", "iter_1"):
+        order += [] if method == "idpo" else [f"{it}/sft_samples.jsonl"]
+        order += [f"{it}/trees.jsonl"]
+    used = [
+        [json.loads(line)["id"] for line in (cfg.run_dir / name).read_text().splitlines()] for name in order
+    ]
+    assert sum(used, []) == train[: sum(len(u) for u in used)]  # one cursor, no task twice, no gap
+    assert [len(u) for u in used] == [4 if "samples" in name else 3 for name in order]
 
 
 class Crash(Exception):
@@ -184,10 +192,11 @@ def test_full_fine_tuning_serves_the_new_model_and_scores_readability_with_the_i
     tmp_path, tiny_model
 ) -> None:
     cfg = config(tmp_path, tiny_model, "isft-dpo", *DITS_SMALL[:3], "sft.lora=false", "dpo.lora=false")
-    r = Run(cfg)
     results = run(cfg)
     assert set(results) == {"base", "iter_0"}
     dpo = cfg.run_dir / "iter_0" / "dpo"
     assert (dpo / "config.json").exists() and not (dpo / "adapter_config.json").exists()
-    assert r.adapter(("x", dpo)) is None
-    assert str(r.engine.ref.base) == str(dpo) and r.engine.reference is not None
+    ctx = StageContext(cfg)
+    assert ctx.serve(Policy("x", dpo)) is None
+    engine: Any = ctx.engine
+    assert str(engine.ref.base) == str(dpo) and engine.reference is not None

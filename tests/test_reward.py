@@ -7,9 +7,9 @@ import pytest
 from dits.engines.batching import run_one
 from dits.engines.fake import FakeEngine
 from dits.mas.dialogue import Dialogue, Turn
-from dits.reward import RewardWeights, compute_reward, has_repetition, reward_program
+from dits.reward import RewardConfig, compute_reward, has_repetition, reward_program
 
-W = RewardWeights(lambda_tokens=0.5, lambda_loss=1.0, min_tokens=3, max_tokens=100)
+W = RewardConfig(lambda_tokens=0.5, lambda_loss=1.0, min_tokens=3, max_tokens=100)
 
 
 def dialogue(*texts: str, overlong: bool = False) -> Dialogue:

@@ -10,14 +10,14 @@ import pytest
 from dits.config import SearchConfig
 from dits.engines.base import GenerationRequest, SamplingParams
 from dits.engines.fake import FakeEngine
-from dits.reward import RewardWeights
+from dits.reward import RewardConfig
 from dits.search.policy import InfluencePolicy, QPolicy
 from dits.search.runner import grow, round_sizes, search, token_budget
 from dits.search.tree import ROOT, Tree
 from dits.tasks.base import TaskInstance
 from test_search_support import make_instance, make_system, seeded_responder
 
-WEIGHTS = RewardWeights(lambda_tokens=0.6, lambda_loss=1.0, min_tokens=2)
+WEIGHTS = RewardConfig(lambda_tokens=0.6, lambda_loss=1.0, min_tokens=2)
 INSTANCES = [make_instance(f"q{i}") for i in range(5)]
 
 

@@ -6,10 +6,13 @@ import random
 import re
 from collections.abc import Iterator, Sequence
 
+from dits.config import DialogueConfig
 from dits.engines.base import GenerationRequest, SamplingParams
-from dits.mas.dialogue import SPEAKERS, DialogueRules, Turn, TwoAgentSystem
+from dits.mas.dialogue import TwoAgentSystem
+from dits.mas.turn import SPEAKERS, Turn
 from dits.search.tree import ROOT, Tree
-from dits.tasks.base import Split, Task, TaskInstance
+from dits.tasks.base import Task, TaskInstance
+from dits.tasks.types import Split
 
 ANSWER = re.compile(r"<A>(.*?)</A>", re.S)
 
@@ -48,7 +51,7 @@ def make_instance(instance_id: str = "q1", question: str = "What is the capital 
 
 
 def make_system(max_turns: int = 4) -> TwoAgentSystem:
-    return TwoAgentSystem(ToyTask(), DialogueRules(max_turns=max_turns, max_utterance_tokens=32))
+    return TwoAgentSystem(ToyTask(), DialogueConfig(max_turns=max_turns, max_utterance_tokens=32))
 
 
 UTTERANCES = (

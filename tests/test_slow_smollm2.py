@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from dits.cli import app
 from dits.config import load_config
-from dits.loop import run
+from dits.recipes import run
 
 pytestmark = pytest.mark.slow
 

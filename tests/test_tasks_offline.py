@@ -8,8 +8,9 @@ invented rows. CBT's offline layouts (JSONL rows and the original text file) are
 from pathlib import Path
 from typing import Any
 
-from dits.tasks.base import Split, TaskInstance
+from dits.tasks.base import TaskInstance
 from dits.tasks.registry import get_task
+from dits.tasks.types import Split
 
 OFFLINE = Path(__file__).parent / "fixtures" / "offline"
 NO_EVIDENCE = {"alice": (), "bob": ()}

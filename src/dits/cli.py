@@ -208,7 +208,7 @@ def run_command(
 ) -> None:
     """Run the whole iterative pipeline of a config; re-running the same command resumes it."""
     from dits.config import load_config
-    from dits.loop import run
+    from dits.recipes import run
 
     run(load_config(config, overrides or []))
 

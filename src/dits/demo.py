@@ -15,8 +15,8 @@ from typing import Any
 
 from dits.config import RunConfig, load_config
 from dits.engines.factory import make_engine
-from dits.loop import run
 from dits.progress import console
+from dits.recipes import run
 from dits.report import build_report
 from dits.store import RunStore
 

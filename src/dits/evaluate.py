@@ -9,12 +9,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dits.engines.base import Engine, SamplingParams, derive_seed
+from dits.context import Policy, StageContext
+from dits.engines.base import SERVED, Engine, SamplingParams
 from dits.engines.batching import parallel, run_programs
 from dits.mas.dialogue import Dialogue, TwoAgentSystem
 from dits.progress import StageTimer, progress_bar
 from dits.tasks.base import TaskInstance
 from dits.tasks.metrics import normalize_text
+from dits.utils import derive_seed, write_atomic
 
 
 @dataclass
@@ -52,7 +54,7 @@ def evaluate(
     *,
     model_label: str = "",
     split: str = "test",
-    adapter: str | None = None,
+    adapter: str | None = SERVED,
     seed: int = 0,
     self_consistency: int = 0,
     sc_temperature: float = 0.5,
@@ -108,7 +110,28 @@ def evaluate(
 
 def write_eval(path: Path, records: list[dict[str, Any]], summary: EvalSummary) -> None:
     """Save per-instance records and the summary as one JSON file (atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"summary": summary.to_dict(), "records": records}, indent=1))
-    tmp.replace(path)
+    write_atomic(path, json.dumps({"summary": summary.to_dict(), "records": records}, indent=1))
+
+
+def evaluation_stage(ctx: StageContext, label: str, policy: Policy | None) -> dict[str, Any]:
+    """Stage ``eval/LABEL``: ``policy`` on the first ``eval.limit`` tasks of ``eval.split``
+    (``eval/LABEL.json``: every dialogue and the summary, which is returned)."""
+
+    def work() -> dict[str, Any]:
+        instances = ctx.tasks(ctx.cfg.eval.split, ctx.cfg.eval.limit)
+        adapter = ctx.serve(policy)  # first: serving a fully fine-tuned policy replaces the engine
+        records, summary = evaluate(
+            ctx.system,
+            instances,
+            ctx.engine,
+            model_label=label,
+            split=ctx.cfg.eval.split,
+            adapter=adapter,
+            seed=ctx.seed("eval"),
+            self_consistency=ctx.cfg.eval.self_consistency,
+            sc_temperature=ctx.cfg.eval.self_consistency_temperature,
+        )
+        write_eval(ctx.store.path("eval", f"{label}.json"), records, summary)
+        return summary.to_dict()
+
+    return ctx.stage(f"eval/{label}", work)

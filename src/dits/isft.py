@@ -12,13 +12,17 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from dits.config import ISFTConfig
-from dits.engines.base import SamplingParams, derive_seed
-from dits.engines.batching import Program, parallel
+from dits.config import ISFTConfig, RewardConfig
+from dits.context import Policy, StageContext
+from dits.engines.base import SamplingParams
+from dits.engines.batching import Program, parallel, run_programs
 from dits.mas.dialogue import Dialogue, TwoAgentSystem
 from dits.mas.prompts import FORMAT_POOL
-from dits.reward import RewardBreakdown, RewardWeights, reward_program
+from dits.progress import progress_bar
+from dits.reward import RewardBreakdown, reward_program
+from dits.store import in_order
 from dits.tasks.base import TaskInstance
+from dits.utils import derive_seed
 
 
 def group_token_norm(dialogues: Sequence[Dialogue]) -> float:
@@ -31,7 +35,7 @@ def sample_instance(
     system: TwoAgentSystem,
     instance: TaskInstance,
     cfg: ISFTConfig,
-    weights: RewardWeights,
+    weights: RewardConfig,
     *,
     seed: int,
     first_iteration: bool,
@@ -84,3 +88,41 @@ def select_sft_dialogues(
     start = math.floor(cfg.drop_top_fraction * len(best))
     stop = math.floor(cfg.keep_top_fraction * len(best) + 1e-9)
     return [item for item in best[start:stop] if item[2] >= cfg.min_reward]
+
+
+
+def sample_stage(
+    ctx: StageContext, iteration: str, policy: Policy | None, *, first: bool
+) -> list[dict[str, Any]]:
+    """Stage ``ITER/samples``: ``isft.samples_per_task`` dialogues of ``policy`` on each of the next
+    ``isft.tasks_per_iteration`` train tasks, with their rewards (``sft_samples.jsonl``, one task per
+    line, appended as tasks finish). ``first``: iteration 0's format pool and temperature."""
+    key = f"{iteration}/samples"
+    log = ctx.store.log(iteration, "sft_samples.jsonl")
+    instances = ctx.train_tasks(key, ctx.cfg.isft.tasks_per_iteration)
+    ids = [i.id for i in instances]
+
+    def work() -> dict[str, Any]:
+        done = log.ids()
+        todo = [i for i in instances if i.id not in done]
+        adapter = ctx.serve(policy)
+        programs = [
+            sample_instance(
+                ctx.system,
+                instance,
+                ctx.cfg.isft,
+                ctx.reward,
+                seed=ctx.seed(iteration, "samples"),
+                first_iteration=first,
+                adapter=adapter,
+            )
+            for instance in todo
+        ]
+        with progress_bar(f"{iteration} iSFT sampling", len(todo)) as advance:
+            run_programs(programs, ctx.engine, on_done=lambda _i, rec: (log.append(rec), advance(1)))
+        records = in_order(log.read(), ids)
+        log.rewrite(records)
+        return {"tasks": len(records), "dialogues": sum(len(r["dialogues"]) for r in records)}
+
+    ctx.stage(key, work)
+    return in_order(log.read(), ids)

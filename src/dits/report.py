@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dits.errors import DitsError
-from dits.store import JsonlLog, write_atomic
+from dits.store import JsonlLog
+from dits.utils import pearson, spearman, write_atomic
 
 
 @dataclass
@@ -68,28 +67,6 @@ def eval_order(label: str) -> tuple[int, str]:
         if label == "base"
         else (int(label.split("_")[-1]) if label.split("_")[-1].isdigit() else 99, label)
     )
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return math.nan
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rho (Pearson on average ranks, ties shared)."""
-
-    def ranks(values: Sequence[float]) -> np.ndarray:
-        values = np.asarray(values, dtype=float)
-        order = values.argsort(kind="stable")
-        out = np.empty(len(values))
-        out[order] = np.arange(len(values))
-        for value in np.unique(values):
-            tied = values == value
-            out[tied] = out[tied].mean()
-        return out
-
-    return pearson(ranks(x), ranks(y)) if len(x) >= 3 else math.nan
 
 
 def _figure_html(fig: Any) -> str:

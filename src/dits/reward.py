@@ -15,18 +15,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from dits.config import RewardConfig
 from dits.engines.batching import NllCall, Program
 from dits.mas.dialogue import Dialogue, impersonates
-
-
-@dataclass(frozen=True)
-class RewardWeights:
-    """Weights and penalty thresholds (Optima's QA recipe values by default)."""
-
-    lambda_tokens: float = 0.6
-    lambda_loss: float = 1.0
-    min_tokens: int = 40
-    max_tokens: int = 2000
 
 
 @dataclass(frozen=True)
@@ -66,7 +57,7 @@ def compute_reward(
     task_score: float,
     nlls: Sequence[float],
     token_norm: float,
-    weights: RewardWeights,
+    weights: RewardConfig,
 ) -> RewardBreakdown:
     """The reward of a finished dialogue given its task score and per-utterance NLLs."""
     tokens = dialogue.tokens
@@ -92,7 +83,7 @@ def compute_reward(
 
 
 def reward_program(
-    dialogue: Dialogue, task_score: float, token_norm: float, weights: RewardWeights
+    dialogue: Dialogue, task_score: float, token_norm: float, weights: RewardConfig
 ) -> Program[RewardBreakdown]:
     """A program that asks the engine for the utterance NLLs, then computes the reward."""
     nlls: list[float] = (yield NllCall([t.text for t in dialogue.turns])) if dialogue.turns else []

@@ -1,14 +1,14 @@
-"""Objects a run needs, built from its config: the task, the two-agent system, reward weights."""
+"""Objects built from a config: the task and the two-agent system; slices of a task's splits."""
 
 from __future__ import annotations
 
 import itertools
 
 from dits.config import RunConfig
-from dits.mas.dialogue import DialogueRules, TwoAgentSystem
-from dits.reward import RewardWeights
-from dits.tasks.base import Split, Task, TaskInstance
+from dits.mas.dialogue import TwoAgentSystem
+from dits.tasks.base import Task, TaskInstance
 from dits.tasks.registry import get_task
+from dits.tasks.types import Split
 
 
 def build_task(cfg: RunConfig) -> Task:
@@ -16,12 +16,8 @@ def build_task(cfg: RunConfig) -> Task:
 
 
 def build_system(cfg: RunConfig) -> TwoAgentSystem:
-    """Alice and Bob playing the configured task under the configured protocol."""
-    return TwoAgentSystem(build_task(cfg), DialogueRules(**cfg.dialogue.model_dump()))
-
-
-def reward_weights(cfg: RunConfig) -> RewardWeights:
-    return RewardWeights(**cfg.reward.model_dump())
+    """Alice and Bob playing the configured task under the configured protocol (``cfg.dialogue``)."""
+    return TwoAgentSystem(build_task(cfg), cfg.dialogue)
 
 
 def take(task: Task, split: Split | str, limit: int | None, offset: int = 0) -> list[TaskInstance]:

@@ -15,23 +15,25 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from dits import __version__
 from dits.errors import DitsError
+from dits.utils import write_atomic
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers see the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+def json_line(record: dict[str, Any]) -> str:
+    """One JSONL line (UTF-8 kept as is)."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def in_order(records: Iterable[dict[str, Any]], ids: Sequence[str], key: str = "id") -> list[dict[str, Any]]:
+    """The records whose ``key`` is in ``ids``, in the order of ``ids`` (resumed stages finish records in
+    another order than an uninterrupted run)."""
+    by_id = {str(r[key]): r for r in records}
+    return [by_id[i] for i in ids if i in by_id]
 
 
 class JsonlLog:
@@ -71,10 +73,14 @@ class JsonlLog:
     def ids(self) -> set[str]:
         return {str(record[self.key]) for record in self}
 
+    def rewrite(self, records: Iterable[dict[str, Any]]) -> None:
+        """Replace the whole file with ``records`` (atomically)."""
+        write_atomic(self.path, "".join(json_line(r) for r in records))
+
     def append(self, record: dict[str, Any]) -> None:
         """Append one record durably (one write of a whole line, then fsync)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        line = json_line(record).encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, line)

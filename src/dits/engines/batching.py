@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dits.engines.base import Completion, Engine, GenerationRequest, SamplingParams
+from dits.engines.base import Engine, GenerationRequest, SamplingParams
 
 R = TypeVar("R")
 
@@ -142,24 +142,20 @@ def run_programs(
 def _execute_wave(engine: Engine, calls: dict[int, Call]) -> dict[int, Any]:
     """One engine call per distinct sampling setting, one NLL call for all NLL requests."""
     replies: dict[int, Any] = {}
-    by_params: dict[SamplingParams, list[int]] = {}
-    nll_ids: list[int] = []
+    by_params: dict[SamplingParams, list[tuple[int, GenerationRequest]]] = {}
+    nll_calls: list[tuple[int, NllCall]] = []
     for index, call in calls.items():
         if isinstance(call, GenerateCall):
-            by_params.setdefault(call.params, []).append(index)
+            by_params.setdefault(call.params, []).append((index, call.request))
         else:
-            nll_ids.append(index)
-    for params, ids in by_params.items():
-        outputs: list[list[Completion]] = engine.generate(
-            [calls[i].request for i in ids],
-            params,  # type: ignore[union-attr]
-        )
-        replies.update(zip(ids, outputs, strict=True))
-    if nll_ids:
-        texts = [t for i in nll_ids for t in calls[i].texts]  # type: ignore[union-attr]
-        scores = iter(engine.nll(texts) if texts else [])
-        for i in nll_ids:
-            replies[i] = [next(scores) for _ in calls[i].texts]  # type: ignore[union-attr]
+            nll_calls.append((index, call))
+    for params, indexed in by_params.items():
+        outputs = engine.generate([request for _, request in indexed], params)
+        replies.update(zip([index for index, _ in indexed], outputs, strict=True))
+    texts = [text for _, call in nll_calls for text in call.texts]
+    scores = iter(engine.nll(texts) if texts else [])
+    for index, call in nll_calls:
+        replies[index] = [next(scores) for _ in call.texts]
     return replies
 
 
@@ -167,9 +163,3 @@ def run_one(program: Program[R], engine: Engine) -> R:
     """Run a single program (convenience for tests and small jobs)."""
     return run_programs([program], engine)[0]
 
-
-def generate_one(
-    request: GenerationRequest, params: SamplingParams
-) -> Generator[Call, list[Completion], list[Completion]]:
-    """A program step that yields one generate call and returns its completions (use with ``yield from``)."""
-    return (yield GenerateCall(request, params))

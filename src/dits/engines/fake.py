@@ -6,12 +6,17 @@ import random
 from collections.abc import Callable, Sequence
 
 from dits.engines.base import (
+    BASE,
+    SERVED,
+    AdapterWeights,
+    Capabilities,
     Completion,
     EngineStats,
     GenerationRequest,
     SamplingParams,
-    derive_seed,
 )
+from dits.errors import DitsError
+from dits.utils import derive_seed
 
 Responder = Callable[[GenerationRequest, SamplingParams, random.Random], str]
 """Produces one completion text for a request; ``rng`` is seeded from the request seed and sample index."""
@@ -34,7 +39,10 @@ def cycling_responder(texts: Sequence[str]) -> Responder:
 
 
 class FakeEngine:
-    """Deterministic stand-in for a model. Token counts are whitespace words."""
+    """Deterministic stand-in for a model. Token counts are whitespace words. It hosts adapters by name
+    only (the responder sees ``request.adapter``); it has no weights to train."""
+
+    capabilities = Capabilities(nll=True, adapters=True, mixed_adapter_batches=True, trainable_model=False)
 
     def __init__(
         self,
@@ -54,19 +62,32 @@ class FakeEngine:
         self.calls.append((list(requests), params))
         self.stats.calls += 1
         self.stats.requests += len(requests)
+        for request in requests:
+            if request.adapter not in (SERVED, BASE) and request.adapter not in self._adapters:
+                raise DitsError(
+                    f"adapter {request.adapter!r} is not loaded; loaded adapters: {self.adapters() or 'none'}"
+                )
         out = []
         for request in requests:
             completions = []
             for sample in range(params.n):
                 rng = random.Random(derive_seed(request.seed, sample))
-                text = self.responder(request, params, rng)
-                words = text.split()
-                finish = "length" if len(words) > params.max_new_tokens else "stop"
-                text = " ".join(words[: params.max_new_tokens]) if finish == "length" else text
-                completions.append(Completion(text, min(len(words), params.max_new_tokens), finish))
+                completions.append(self._complete(self.responder(request, params, rng), params))
                 self.stats.generated_tokens += completions[-1].num_tokens
             out.append(completions)
         return out
+
+    @staticmethod
+    def _complete(text: str, params: SamplingParams) -> Completion:
+        """The responder's text as a completion: cut at a stop string, or at the token cap (words)."""
+        for stop in params.stop:
+            if stop in text:
+                text = text.split(stop, 1)[0]
+                return Completion(text, len(text.split()), "stop")
+        words = text.split()
+        if len(words) >= params.max_new_tokens:
+            return Completion(" ".join(words[: params.max_new_tokens]), params.max_new_tokens, "length")
+        return Completion(text, len(words), "stop")
 
     def nll(self, texts: Sequence[str]) -> list[float]:
         self.nll_calls.append(list(texts))
@@ -76,13 +97,26 @@ class FakeEngine:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
-    def add_adapter(self, name: str) -> None:
-        """Register an adapter name (the responder sees it as ``request.adapter``)."""
+    @property
+    def tokenizer(self) -> None:
+        """A scripted engine has no tokenizer."""
+        return None
+
+    def add_adapter(self, name: str, weights: AdapterWeights | None = None) -> None:
+        """Host adapter ``name`` (only its name matters to the fake engine)."""
         self._adapters.add(name)
 
-    def load_adapter(self, name: str, path: object) -> None:
+    def load_adapter(self, name: str, path: str) -> None:
         """Pretend to load a saved adapter (only its name matters to the fake engine)."""
         self.add_adapter(name)
 
+    def remove_adapter(self, name: str) -> None:
+        if name not in self._adapters:
+            raise DitsError(f"adapter {name!r} is not loaded; loaded adapters: {self.adapters() or 'none'}")
+        self._adapters.remove(name)
+
     def adapters(self) -> list[str]:
         return sorted(self._adapters)
+
+    def trainable_model(self) -> None:
+        raise DitsError("the fake engine has no model to train; use engine.kind=hf")

@@ -6,14 +6,15 @@
 * Sampling draws each row's randomness from its own generator seeded by the request seed (Gumbel-max
   over temperature-scaled, top-p-filtered logits), so a completion does not depend on its batch.
 * Requests may name different LoRA adapters; one micro-batch then runs them together through PEFT's
-  ``adapter_names`` (mixed-adapter batches). ``None`` means the engine's default adapter (the policy),
-  ``"__base__"`` the bare base model.
+  ``adapter_names`` (mixed-adapter batches). Adapter names follow `dits.engines.base`: ``SERVED`` (None)
+  is the model the engine was started with, ``BASE`` the bare base model.
 * ``nll`` always scores with adapters disabled (or with ``reference``, when the policy is a fully
   fine-tuned model): the frozen initial model of Optima's readability term.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -22,12 +23,22 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
-from dits.engines.base import Completion, EngineStats, GenerationRequest, SamplingParams, derive_seed
+from dits.engines.base import (
+    BASE,
+    AdapterWeights,
+    BatchEvent,
+    Capabilities,
+    Completion,
+    EngineStats,
+    GenerationRequest,
+    SamplingParams,
+)
 from dits.errors import DitsError
 from dits.models import ModelRef, quiet_libraries, resolve_model
+from dits.utils import common_prefix_length, derive_seed
 
-BASE = "__base__"
 POLICY = "policy"
+"""Name under which an engine started from an adapter folder hosts that adapter (its `SERVED` model)."""
 MIN_SHARED_PREFIX = 16
 PREFIX_GROUPING = 48
 """Rows of a micro-batch sharing at least this many leading tokens compute them once (KV reuse)."""
@@ -35,12 +46,7 @@ PREFIX_GROUPING = 48
 
 def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     """Length of the common leading tokens of all prompts, leaving every prompt at least one own token."""
-    first = prompts[0]
-    limit = min(len(p) for p in prompts) - 1
-    length = 0
-    while length < limit and all(p[length] == first[length] for p in prompts):
-        length += 1
-    return length
+    return common_prefix_length(prompts, limit=min(len(p) for p in prompts) - 1)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -78,6 +84,8 @@ class SeededSampler(LogitsProcessor):
 
 class HFEngine:
     """Text generation with a transformers causal LM (optionally wrapped by PEFT for adapters)."""
+
+    capabilities = Capabilities(nll=True, adapters=True, mixed_adapter_batches=True, trainable_model=True)
 
     def __init__(
         self,
@@ -119,6 +127,10 @@ class HFEngine:
     def adapters(self) -> list[str]:
         return list(getattr(self.model, "peft_config", {}).keys())
 
+    def trainable_model(self) -> Any:
+        """The PEFT-wrapped (or plain) model generation runs on; adding the first adapter replaces it."""
+        return self.model
+
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load a saved PEFT adapter under ``name``."""
         from peft import PeftModel
@@ -129,18 +141,24 @@ class HFEngine:
             self.model.load_adapter(str(path), adapter_name=name)
         self.model.eval()
 
-    def add_adapter_weights(self, name: str, config: Any, state: dict[str, torch.Tensor]) -> None:
+    def add_adapter(self, name: str, weights: AdapterWeights) -> None:
         """Create adapter ``name`` from a LoRA config and an in-memory PEFT state dict (probe adapters)."""
         from peft import get_peft_model, set_peft_model_state_dict
 
         if not hasattr(self.model, "peft_config"):
-            self.model = get_peft_model(self.model, config, adapter_name=name)
+            self.model = get_peft_model(self.model, weights.config, adapter_name=name)
         else:
-            self.model.add_adapter(name, config)
-        set_peft_model_state_dict(self.model, state, adapter_name=name)
+            self.model.add_adapter(name, weights.config)
+        set_peft_model_state_dict(self.model, weights.state, adapter_name=name)
         self.model.eval()
 
     def remove_adapter(self, name: str) -> None:
+        """Delete adapter ``name`` (another adapter is made active first, as PEFT expects)."""
+        if name not in self.adapters():
+            raise DitsError(f"adapter {name!r} is not loaded; loaded adapters: {self.adapters() or 'none'}")
+        others = [a for a in self.adapters() if a != name]
+        if others and name in self.model.active_adapters:
+            self.model.set_adapter(others[0])
         self.model.delete_adapter(name)
 
     def _adapter_of(self, request: GenerationRequest) -> str:
@@ -201,6 +219,7 @@ class HFEngine:
     def _generate_batch(
         self, prompts: list[list[int]], adapters: list[str], seeds: list[int], params: SamplingParams
     ) -> list[Completion]:
+        started = time.perf_counter()
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         shared = shared_prefix_length(prompts) if self.cache == "static" and len(prompts) > 1 else 0
@@ -238,10 +257,23 @@ class HFEngine:
                 **adapter_kwargs,
                 **kwargs,
             )
-        self.stats.extra["prefill_tokens_saved"] = self.stats.extra.get(
-            "prefill_tokens_saved", 0
-        ) + shared * (len(prompts) - len(set(adapters)))
-        return [self._completion(row[width:].tolist(), params) for row in output]
+        saved = shared * (len(prompts) - len(set(adapters)))
+        self.stats.extra["prefill_tokens_saved"] = self.stats.extra.get("prefill_tokens_saved", 0) + saved
+        completions = [self._completion(row[width:].tolist(), params) for row in output]
+        prompt_tokens = sum(len(p) for p in prompts)
+        self.stats.emit(
+            BatchEvent(
+                kind="generate",
+                rows=len(prompts),
+                prompt_tokens=prompt_tokens,
+                computed_prompt_tokens=prompt_tokens - saved,
+                generated_tokens=sum(c.num_tokens for c in completions),
+                decode_steps=output.shape[1] - width,
+                adapters=len(set(adapters)),
+                seconds=time.perf_counter() - started,
+            )
+        )
+        return completions
 
     def _prefilled_cache(
         self, prefix: torch.Tensor, adapters: list[str], adapter_kwargs: dict[str, Any], max_len: int
@@ -299,6 +331,7 @@ class HFEngine:
 
     @torch.inference_mode()
     def _nll_batch(self, batch: list[tuple[list[int], int]]) -> list[float]:
+        started = time.perf_counter()
         width = max(len(ids) for ids, _ in batch)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=self.device)
@@ -315,6 +348,10 @@ class HFEngine:
         for row, (ids, start) in enumerate(batch):
             span = token_lp[row, start - 1 : len(ids) - 1]
             values.append(float(-span.mean()) if span.numel() else 0.0)
+        tokens = sum(len(ids) for ids, _ in batch)
+        self.stats.emit(
+            BatchEvent("nll", len(batch), tokens, tokens, 0, 1, 1, time.perf_counter() - started)
+        )
         return values
 
     def count_tokens(self, text: str) -> int:

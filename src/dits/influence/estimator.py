@@ -40,9 +40,8 @@ import numpy as np
 import torch
 
 from dits.config import InfluenceConfig, LoraSettings, TrainConfig
-from dits.engines.base import SamplingParams, derive_seed
+from dits.engines.base import AdapterWeights, Engine, SamplingParams
 from dits.engines.batching import run_programs
-from dits.engines.hf import HFEngine
 from dits.errors import DitsError
 from dits.influence.probe import MaskedSequence, Optimizer, Prober
 from dits.influence.report import CalibrationRow, GroupInfluence, InfluenceReport
@@ -50,6 +49,7 @@ from dits.mas.dialogue import Dialogue, TwoAgentSystem
 from dits.search.pairs import PreferencePair
 from dits.tasks.base import TaskInstance
 from dits.train.records import sft_rows, tokenize_sft
+from dits.utils import derive_seed
 
 GREEDY = SamplingParams()
 MAX_SCORE_DROP = 0.1
@@ -222,10 +222,9 @@ class Harness:
         slots = [f"{self.prober.name}_probe{i}" for i in range(len(states))]
         try:
             for slot, state in zip(slots, states, strict=True):
-                engine.add_adapter_weights(slot, self.prober.config, state)
+                engine.add_adapter(slot, AdapterWeights(self.prober.config, state))
             return self.play(slots, tasks)
         finally:
-            engine.model.set_adapter(self.prober.name)
             for slot in slots:
                 if slot in engine.adapters():
                     engine.remove_adapter(slot)
@@ -358,7 +357,7 @@ def calibrate(
     n_groups: int = CALIBRATION_GROUPS,
     max_score_drop: float = MAX_SCORE_DROP,
 ) -> tuple[float, list[CalibrationRow], str]:
-    """Pick the probe step size (DESIGN §8 risk 1): try ``cfg.probe_lr_grid`` in ascending order on the
+    """Pick the probe step size (too small a step changes no greedy answer, too large wrecks θ*): try ``cfg.probe_lr_grid`` in ascending order on the
     first ``n_groups`` groups (a random sample: groups are shuffled), all V tasks each, and stop at the
     first lr `choose_lr` accepts (the fallbacks need the whole grid). Returns ``(lr, table, note)``."""
     sample = list(groups[:n_groups])
@@ -387,7 +386,7 @@ def calibrate(
 
 
 def estimate(
-    engine: HFEngine,
+    engine: Engine,
     system: TwoAgentSystem,
     pairs: Sequence[PreferencePair],
     validation: Sequence[TaskInstance],
@@ -401,6 +400,7 @@ def estimate(
     done: Collection[str] = frozenset(),
     on_group_done: Callable[[GroupInfluence], None] | None = None,
     first_order: bool = False,
+    pairs_per_batch: int = 16,
 ) -> InfluenceReport:
     """The influence stage (module docstring). ``policy``: the SFT adapter loaded in ``engine`` (θ*'s
     start and the frozen reference; None: a fresh LoRA from ``lora`` against the bare base). ``dpo``: the
@@ -409,14 +409,17 @@ def estimate(
     DPO-loss proxy, disjoint from ``pairs``. Groups whose id is in ``done`` are skipped (resume);
     ``on_group_done`` receives every finished group at once. ``first_order``: also compute every group's
     first-order value in the exact and racing modes (one teacher-forced backward pass over θ*'s solved
-    validation dialogues, then a dot product per group). θ* is removed from the engine at the end."""
+    validation dialogues, then a dot product per group). ``pairs_per_batch``: pairs per forward pass of
+    the probe steps. θ* is removed from the engine at the end."""
     started = time.perf_counter()
     tasks = list(validation[: cfg.validation_tasks])
     if not tasks:
         raise DitsError("influence estimation needs validation instances (the task's validation split)")
     if {p.id for p in pairs} & {p.id for p in holdout}:
         raise DitsError("held-out proxy pairs must not be in the pool being scored")
-    prober = Prober(engine, [*pairs, *holdout], dpo, policy=policy, lora=lora, seed=seed)
+    prober = Prober(
+        engine, [*pairs, *holdout], dpo, policy=policy, lora=lora, seed=seed, pairs_per_batch=pairs_per_batch
+    )
     try:
         pool = [p.id for p in pairs if p.id in prober.pairs]
         warmup = prober.warm_up(pool, cfg.warmup_steps, cfg.warmup_lr, cfg.warmup_batch_size)

@@ -1,6 +1,7 @@
 """The probe primitive: θ* as a LoRA adapter, one optimizer step on a group of pairs, exact restore.
 
-All policies are LoRA adapters on the engine's one base model. The SFT adapter of the iteration
+All policies are LoRA adapters on the engine's one base model; the engine must offer its model for
+training in place (`Capabilities.trainable_model`) and host adapters. The SFT adapter of the iteration
 (``policy``) is the frozen DPO reference; θ* is a new adapter initialised from its weights (or a fresh
 LoRA when there is no SFT adapter; the reference is then the adapter-disabled base) and warmed up with
 a few AdamW steps on the candidate pool (`Prober.warm_up`). A probe (`Prober.stepped`) takes exactly one
@@ -30,12 +31,12 @@ import torch.nn.functional as F
 from peft import get_peft_model_state_dict
 
 from dits.config import LoraSettings, TrainConfig
-from dits.engines.base import derive_seed
-from dits.engines.hf import HFEngine
+from dits.engines.base import AdapterWeights, Engine, require
 from dits.errors import DitsError
 from dits.search.pairs import PreferencePair
 from dits.train.common import lora_config
 from dits.train.records import ChatTokenizer, chat_ids, dpo_rows, fit_dpo_rows
+from dits.utils import common_prefix_length, derive_seed
 
 Optimizer = Literal["adam", "sgd"]
 THETA = "theta_star"
@@ -116,16 +117,14 @@ def sequence_logps(
 def shared_prompt_length(pair: TokenizedPair) -> int:
     """Leading tokens both sides of ``pair`` share and score none of, leaving each side ≥ 1 own token."""
     chosen, rejected = pair.chosen, pair.rejected
-    limit = min(len(chosen.ids), len(rejected.ids)) - 1
-    length = 0
-    while (
-        length < limit
-        and chosen.ids[length] == rejected.ids[length]
-        and not chosen.mask[length]
-        and not rejected.mask[length]
-    ):
-        length += 1
-    return max(length, 1)
+    unscored = min(_first_scored(chosen), _first_scored(rejected))
+    limit = min(len(chosen.ids) - 1, len(rejected.ids) - 1, unscored)
+    return max(common_prefix_length([chosen.ids, rejected.ids], limit=limit), 1)
+
+
+def _first_scored(sequence: MaskedSequence) -> int:
+    """Position of the first token whose log-probability counts (the length if none does)."""
+    return sequence.mask.index(1) if 1 in sequence.mask else len(sequence.mask)
 
 
 def pair_logps(model: Any, pairs: Sequence[TokenizedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,15 +205,17 @@ class ProbeStats:
 
 
 class Prober:
-    """θ* on ``engine.model`` (adapter ``name``), the cached reference log-probs of ``pairs``, and probes.
+    """θ* in the engine's trainable model (adapter ``name``), the reference log-probs of ``pairs``, probes.
 
-    ``dpo`` gives the loss (``beta``, ``nll_weight``) and ``max_length``. Pairs whose prompt cannot fit
-    are left out (`unfit`). Call `close` to remove θ* from the engine.
+    ``policy``: the hosted adapter θ* starts from and the frozen DPO reference (None: a fresh LoRA from
+    ``lora``, against the bare base model). ``dpo`` gives the loss (``beta``, ``nll_weight``) and
+    ``max_length``; ``pairs_per_batch`` pairs are scored per forward pass. Pairs whose prompt cannot
+    fit are left out (`unfit`). Call `close` to remove θ* from the engine.
     """
 
     def __init__(
         self,
-        engine: HFEngine,
+        engine: Engine,
         pairs: Sequence[PreferencePair],
         dpo: TrainConfig,
         *,
@@ -222,15 +223,18 @@ class Prober:
         lora: LoraSettings | None = None,
         name: str = THETA,
         seed: int = 0,
+        pairs_per_batch: int = 16,
     ) -> None:
+        require(engine, "trainable_model", "influence probes")
+        require(engine, "adapters", "influence probes")
         if len({p.id for p in pairs}) != len(pairs):
             raise DitsError("influence probes need unique pair ids")
         self.engine, self.name, self.dpo, self.seed = engine, name, dpo, seed
         self.stats = ProbeStats()
         tokenized, self.unfit = tokenize_pairs(pairs, engine.tokenizer, dpo.max_length)
         self.pairs = {p.id: p for p in tokenized}
-        self.chunk = max(1, engine.batch_size // 2)
-        self._flags = {p: p.requires_grad for p in engine.model.parameters()}  # restored by `close`
+        self.chunk = max(1, pairs_per_batch)
+        self._flags = {p: p.requires_grad for p in self.model.parameters()}  # restored by `close`
         self.config = self._create(policy, lora)
         self.params = {n: p for n, p in self.model.named_parameters() if f".{name}." in n}
         with torch.no_grad(), self._active(policy):
@@ -241,7 +245,7 @@ class Prober:
 
     @property
     def model(self) -> Any:
-        return self.engine.model  # re-read: adding the first adapter wraps the engine's model
+        return self.engine.trainable_model()  # re-read: adding the first adapter wraps the model
 
     # ------------------------------------------------------------------ setup
     def _create(self, policy: str | None, lora: LoraSettings | None) -> Any:
@@ -262,7 +266,7 @@ class Prober:
         config.lora_dropout, config.inference_mode = 0.0, False
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
             torch.manual_seed(derive_seed(self.seed, "theta") % 2**31)
-            self.engine.add_adapter_weights(self.name, config, state)
+            self.engine.add_adapter(self.name, AdapterWeights(config, state))
         return config
 
     @contextmanager
@@ -388,7 +392,7 @@ class Prober:
             param.grad = None
 
     def state(self) -> dict[str, torch.Tensor]:
-        """θ*'s current weights as a PEFT state dict (copies), ready for `HFEngine.add_adapter_weights`."""
+        """θ*'s current weights as a PEFT state dict (copies), ready for `Engine.add_adapter`."""
         return {
             k: v.detach().clone()
             for k, v in get_peft_model_state_dict(self.model, adapter_name=self.name).items()
@@ -427,12 +431,8 @@ class Prober:
         return grads
 
     def close(self) -> None:
-        """Remove θ* from the engine (another adapter becomes active first, so PEFT has nothing to warn)
-        and give the other parameters back their ``requires_grad`` flags."""
+        """Remove θ* from the engine and give the other parameters back their ``requires_grad`` flags."""
         for param, flag in self._flags.items():
             param.requires_grad_(flag)
-        others = [a for a in self.engine.adapters() if a != self.name]
-        if others:
-            self.model.set_adapter(others[0])
         if self.name in self.engine.adapters():
             self.engine.remove_adapter(self.name)

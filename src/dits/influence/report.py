@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
+from dits.utils import pearson, spearman
 
 TIE_DECIMALS = 12
 """Influences equal to this many decimals count as tied (means of the same scores in another order)."""
@@ -134,27 +134,8 @@ class Agreement:
     pearson: float
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties sharing their average rank."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    for value in np.unique(values):
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson r; NaN when either side is constant."""
-    if len(x) < 2 or x.std() == 0 or y.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def agreement(a: Mapping[str, float], b: Mapping[str, float]) -> Agreement:
     """How well two estimates (key → value, e.g. `InfluenceReport.influences`) agree on common keys."""
     keys = sorted(a.keys() & b.keys())
-    x = np.array([a[k] for k in keys], dtype=float)
-    y = np.array([b[k] for k in keys], dtype=float)
-    return Agreement(len(keys), _pearson(_ranks(x), _ranks(y)), _pearson(x, y))
+    x, y = [a[k] for k in keys], [b[k] for k in keys]
+    return Agreement(len(keys), spearman(x, y), pearson(x, y))

@@ -3,7 +3,7 @@
 Strategies (`SelectionConfig.strategy`), over pairs that already passed Optima's prefilters; k =
 ⌊α·n⌋ (at least 1):
 
-* ``dits``: H = Q + γ·Î, Î = min–max normalised influence over the given pairs (0 when all are equal),
+* ``dits``: H = Q + γ·Î, Î = min–max normalised influence over the given pairs (`dits.utils.minmax`),
   Q = the chosen answer's value; the top k by H, ties by Q, then pool order;
 * ``influence``: γ = 0 — the top k by influence, ties by Q, then pool order;
 * ``q``: the top k by Q (Optima's value selection), ties in pool order;
@@ -24,16 +24,7 @@ from dits.config import SelectionConfig
 from dits.errors import DitsError
 from dits.search.pairs import PreferencePair
 from dits.search.tree import Tree
-
-
-def minmax(values: Mapping[str, float]) -> dict[str, float]:
-    """Values rescaled to [0, 1] (all 0 when they are all equal)."""
-    if not values:
-        return {}
-    low, high = min(values.values()), max(values.values())
-    if high <= low:
-        return dict.fromkeys(values, 0.0)
-    return {k: (v - low) / (high - low) for k, v in values.items()}
+from dits.utils import minmax
 
 
 def select_pairs(

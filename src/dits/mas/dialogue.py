@@ -3,48 +3,26 @@
 Alice always speaks first; speakers alternate. A dialogue ends when (Optima's rule) an utterance's
 extracted answer equals the most recent previously extracted answer, or an utterance hits the
 per-utterance token cap (``overlong``), or the total token cap, or the turn cap. The final answer is
-always the last extracted answer, whatever the stop reason (DESIGN decision 4).
+always the last extracted answer, whatever the stop reason, in every stage (the reference code
+scores a search rollout that hits the turn cap 0).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from dits.engines.base import GenerationRequest, SamplingParams, derive_seed
+from dits.config import DialogueConfig
+from dits.engines.base import GenerationRequest, SamplingParams
 from dits.engines.batching import GenerateCall, Program
 from dits.mas.prompts import NAMES, PARTNER, FormatHint
 from dits.mas.render import agent_view
+from dits.mas.turn import Turn, next_speaker
 from dits.tasks.base import Task, TaskInstance
+from dits.utils import derive_seed
 
-SPEAKERS = ("alice", "bob")
 StopReason = Literal["agreement", "turn_cap", "token_cap", "overlong"]
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One utterance. ``answer`` is the answer extracted from it (None if it states none)."""
-
-    speaker: str
-    text: str
-    tokens: int
-    answer: str | None = None
-    overlong: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class DialogueRules:
-    """Protocol limits (Optima: 10 turns, 2000 tokens per utterance)."""
-
-    max_turns: int = 10
-    max_utterance_tokens: int = 256
-    max_total_tokens: int | None = None
-    stop_on_overlong: bool = True
-    demonstration: bool = True
 
 
 @dataclass
@@ -82,10 +60,6 @@ class Dialogue:
         )
 
 
-def next_speaker(turns: Sequence[Turn]) -> str:
-    return SPEAKERS[len(turns) % 2]
-
-
 def last_answer(turns: Sequence[Turn]) -> str | None:
     """The most recent extracted answer in ``turns``."""
     for turn in reversed(turns):
@@ -94,7 +68,7 @@ def last_answer(turns: Sequence[Turn]) -> str | None:
     return None
 
 
-def stop_reason(turns: Sequence[Turn], rules: DialogueRules) -> StopReason | None:
+def stop_reason(turns: Sequence[Turn], rules: DialogueConfig) -> StopReason | None:
     """Why the dialogue ``turns`` is finished, or None if it should go on."""
     if not turns:
         return None
@@ -120,9 +94,9 @@ def clean_utterance(text: str, speaker: str) -> str:
 
 
 class TwoAgentSystem:
-    """Alice and Bob, one shared model, playing one task's protocol."""
+    """Alice and Bob, one shared model, playing one task's protocol under the ``dialogue`` settings."""
 
-    def __init__(self, task: Task, rules: DialogueRules) -> None:
+    def __init__(self, task: Task, rules: DialogueConfig) -> None:
         self.task = task
         self.rules = rules
 

@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass
 from string import Template
 
-from dits.tasks.base import AnswerFormat, Family
+from dits.tasks.types import AnswerFormat, Family
 
 NAMES = {"alice": "Alice", "bob": "Bob"}
 PARTNER = {"alice": "bob", "bob": "alice"}

@@ -1,11 +1,11 @@
 """Per-agent views of a dialogue: the one place where turns become chat messages.
 
 Every stage (sampling, SFT records, tree search, DPO pairs, evaluation, probes) renders through
-`agent_view`, so the model always sees the same text for the same situation (DESIGN decision 1).
+`agent_view`, so the model always sees the same text for the same situation (the reference code
+renders SFT and search prompts differently from generation).
 
 View of agent X: ``system`` = X's system prompt, then (optionally) a worked example exchange; the next
-``user`` message opens the conversation
-with the question and X's private information; X's own turns are ``assistant`` messages and the
+``user`` message opens the conversation with the question and X's private information; X's own turns are ``assistant`` messages and the
 partner's turns are ``user`` messages prefixed with the partner's name. Rendering a longer dialogue
 only appends messages, so a rendered prefix is a token prefix of the rendered whole.
 """
@@ -13,14 +13,11 @@ only appends messages, so a rendered prefix is a token prefix of the rendered wh
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from dits.engines.base import Message
 from dits.mas.prompts import ANSWER_SLOTS, NAMES, PARTNER, FormatHint, demonstration, system_prompt
+from dits.mas.turn import Turn
 from dits.tasks.base import TaskInstance
-
-if TYPE_CHECKING:
-    from dits.mas.dialogue import Turn
 
 
 def render_context(paragraphs: Sequence[str]) -> str:

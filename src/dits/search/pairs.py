@@ -8,8 +8,8 @@ from typing import Any
 
 from dits.config import PairConfig
 from dits.engines.base import Message
-from dits.mas.dialogue import next_speaker
 from dits.mas.render import agent_view
+from dits.mas.turn import next_speaker
 from dits.search.tree import Tree
 
 

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from dits.config import SearchConfig
 from dits.search.tree import ROOT, Node, Tree, edit_distance
+from dits.utils import minmax
 
 
 class NodePolicy(Protocol):
@@ -52,14 +53,9 @@ class InfluencePolicy:
     bounds: tuple[float, float] | None = None
 
     def normalised(self, tree: Tree) -> dict[int, float]:
-        """Î of every probed node of ``tree``."""
+        """Î of every probed node of ``tree`` (`dits.utils.minmax` over ``bounds`` or the tree's own)."""
         raw = {n.id: n.influence for n in tree.nodes if n.influence is not None}
-        if not raw:
-            return {}
-        low, high = self.bounds if self.bounds is not None else (min(raw.values()), max(raw.values()))
-        if high <= low:
-            return dict.fromkeys(raw, 0.5)
-        return {i: min(max((v - low) / (high - low), 0.0), 1.0) for i, v in raw.items()}
+        return minmax(raw, self.bounds)
 
     def priority(self, tree: Tree, node: Node) -> float:
         scores = self.normalised(tree)

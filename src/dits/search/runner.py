@@ -21,20 +21,21 @@ from itertools import islice
 import numpy as np
 
 from dits.config import SearchConfig
-from dits.engines.base import Engine, SamplingParams, derive_seed
+from dits.engines.base import Engine, SamplingParams
 from dits.engines.batching import Program, parallel, run_programs
 from dits.mas.dialogue import Dialogue, Turn, TwoAgentSystem
-from dits.reward import RewardBreakdown, RewardWeights, reward_program
+from dits.reward import RewardBreakdown, RewardConfig, reward_program
 from dits.search.policy import NodePolicy, select_node
 from dits.search.tree import Tree
 from dits.tasks.base import TaskInstance
+from dits.utils import derive_seed
 
 
 def rollout(
     system: TwoAgentSystem,
     instance: TaskInstance,
     params: SamplingParams,
-    reward: RewardWeights,
+    reward: RewardConfig,
     token_norm: float,
     *,
     seed: int,
@@ -52,7 +53,7 @@ def grow_tree(
     tree: Tree,
     n_expansions: int,
     cfg: SearchConfig,
-    reward: RewardWeights,
+    reward: RewardConfig,
     token_norm: float,
     *,
     seed: int,
@@ -92,7 +93,7 @@ def _run(
     work: Sequence[tuple[Tree, int]],
     engine: Engine,
     cfg: SearchConfig,
-    reward: RewardWeights,
+    reward: RewardConfig,
     token_norm: float,
     *,
     seed: int,
@@ -114,7 +115,7 @@ def grow(
     engine: Engine,
     n_expansions: int,
     cfg: SearchConfig,
-    reward: RewardWeights,
+    reward: RewardConfig,
     token_norm: float,
     *,
     seed: int,
@@ -143,7 +144,7 @@ def search(
     instances_or_trees: Iterable[TaskInstance | Tree],
     engine: Engine,
     cfg: SearchConfig,
-    reward: RewardWeights,
+    reward: RewardConfig,
     token_norm: float,
     *,
     seed: int,

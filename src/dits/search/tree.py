@@ -16,7 +16,7 @@ from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
-from dits.mas.dialogue import Turn
+from dits.mas.turn import Turn
 from dits.tasks.base import TaskInstance
 
 ROOT = 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from dits.tasks.base import AnswerFormat
+from dits.tasks.types import AnswerFormat
 
 _TAG = re.compile(r"<A>((?:(?!<A>).)*?)</A>", re.DOTALL)
 _PARTIAL_CLOSE = re.compile(r"<(?:/A?)?$")

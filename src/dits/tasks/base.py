@@ -8,18 +8,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Family = Literal["qa", "debate"]
-"""``qa``: information exchange (each agent holds part of the evidence); ``debate``: solver and critic."""
-Split = Literal["train", "validation", "test"]
-"""``train`` feeds synthesis; ``validation`` is the influence set (disjoint from train); ``test`` is held out."""
-MetricName = Literal["f1", "em", "numeric", "math"]
-AnswerFormat = Literal["tag", "boxed"]
-"""``tag``: the answer is wrapped as ``<A>...</A>``; ``boxed``: LaTeX ``\\boxed{...}``."""
-
-SPLITS: tuple[Split, ...] = ("train", "validation", "test")
-AGENTS: tuple[str, str] = ("alice", "bob")
+from dits.tasks.answers import extract_answer
+from dits.tasks.metrics import score_answer
+from dits.tasks.types import AnswerFormat, Family, MetricName, Split
 
 
 @dataclass(frozen=True)
@@ -74,12 +67,8 @@ class Task(ABC):
 
     def extract(self, text: str, instance: TaskInstance) -> str | None:
         """The answer stated in ``text`` (the last one), or None if there is none."""
-        from dits.tasks.answers import extract_answer
-
         return extract_answer(text, instance.answer_format)
 
     def score(self, prediction: str | None, instance: TaskInstance) -> float:
         """Task metric in [0, 1] of ``prediction`` against the instance's gold answers."""
-        from dits.tasks.metrics import score_answer
-
         return score_answer(prediction, instance.answers, instance.metric)

@@ -24,8 +24,9 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from dits.errors import DitsError
-from dits.tasks.base import SPLITS, AnswerFormat, MetricName, Split, Task, TaskInstance
+from dits.tasks.base import Task, TaskInstance
 from dits.tasks.options import TaskOptions, parse_options
+from dits.tasks.types import SPLITS, AnswerFormat, MetricName, Split
 
 Row = dict[str, Any]
 Rows = Sequence[Row]

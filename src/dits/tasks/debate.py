@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from dits.tasks.answers import last_boxed, normalize_final_answer
-from dits.tasks.base import Split, TaskInstance
+from dits.tasks.base import TaskInstance
 from dits.tasks.datasource import (
     DatasetOptions,
     DatasetTask,
@@ -36,6 +36,7 @@ from dits.tasks.datasource import (
     load_hub_rows,
     load_json_rows,
 )
+from dits.tasks.types import Split
 
 
 class _DebateTask(DatasetTask):

@@ -1,6 +1,6 @@
 """``jsonl:PATH``: a user's own task, one JSON object per line (blank lines are ignored).
 
-Schema (DESIGN.md section 4)::
+Schema::
 
     {"id": "q1", "family": "qa", "question": "...", "answers": ["gold", "alias"],
      "context": {"alice": ["paragraph", ...], "bob": ["paragraph", ...]}, "split": "train"}
@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any, get_args
 
 from dits.errors import DitsError
-from dits.tasks.base import AGENTS, SPLITS, AnswerFormat, Family, MetricName, Split, Task, TaskInstance
+from dits.tasks.base import Task, TaskInstance
 from dits.tasks.seeding import hash_split
+from dits.tasks.types import AGENTS, SPLITS, AnswerFormat, Family, MetricName, Split
 
 PREFIX = "jsonl:"
 _KNOWN = {"id", "family", "question", "answers", "context", "metric", "answer_format", "split"}

@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 
 from dits.errors import DitsError
 from dits.tasks.answers import normalize_final_answer
-from dits.tasks.base import MetricName
 from dits.tasks.math_equiv import DEFAULT_TIMEOUT, math_equivalent
+from dits.tasks.types import MetricName
 
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 _FRAC = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")

@@ -27,9 +27,10 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from dits.errors import DitsError
-from dits.tasks.base import Split, TaskInstance
+from dits.tasks.base import TaskInstance
 from dits.tasks.datasource import DatasetOptions, DatasetTask, HubSource, Row, Rows, append_choices
 from dits.tasks.seeding import seeded_rng
+from dits.tasks.types import Split
 
 
 class QAOptions(DatasetOptions):

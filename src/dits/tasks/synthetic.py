@@ -28,9 +28,10 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from dits.errors import DitsError
-from dits.tasks.base import SPLITS, AnswerFormat, MetricName, Split, Task, TaskInstance
+from dits.tasks.base import Task, TaskInstance
 from dits.tasks.options import TaskOptions, parse_options
 from dits.tasks.seeding import hash_split, seeded_rng
+from dits.tasks.types import SPLITS, AnswerFormat, MetricName, Split
 
 
 def _words(text: str) -> tuple[str, ...]:

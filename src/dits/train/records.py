@@ -23,7 +23,7 @@ Long views are cut at the end (keep the start), so each trained turn keeps the e
 spoken in; a view whose first own token lies beyond ``max_length`` is dropped and counted.
 
 **DPO rows** are TRL conversational preference rows. TRL silently drops rows whose prompt alone fills
-``max_length`` (DESIGN decision 8), so `fit_dpo_rows` first removes the oldest conversation turns of long
+``max_length``, so `fit_dpo_rows` first removes the oldest conversation turns of long
 prompts (`fit_to_length`; the context messages stay) and drops, with a count, only rows that cannot
 fit at all.
 """
@@ -34,8 +34,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from dits.engines.base import Message
-from dits.mas.dialogue import SPEAKERS, Dialogue
+from dits.mas.dialogue import Dialogue
 from dits.mas.render import agent_view
+from dits.mas.turn import SPEAKERS
 from dits.search.pairs import PreferencePair
 from dits.tasks.base import TaskInstance
 

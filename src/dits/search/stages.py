@@ -1,0 +1,115 @@
+"""The tree-search stages of a run: token budget, tree growth (in one go or in guided rounds), pairs.
+
+Artefacts: ``iter_K/trees.jsonl`` (one finished tree per line; ``trees_roundR.jsonl`` after each guided
+round but the last) and ``iter_K/pairs.jsonl``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dits.context import Policy, StageContext
+from dits.progress import progress_bar
+from dits.search.pairs import PreferencePair, extract_pairs
+from dits.search.policy import NodePolicy, QPolicy
+from dits.search.runner import grow, round_sizes, token_budget
+from dits.search.tree import Tree
+from dits.store import in_order
+
+RoundGuide = Callable[[list[Tree], int], NodePolicy]
+"""Called after guided round ``r`` with the trees grown so far; returns the node policy of round r + 1
+(DITS: probe the pairs found so far, mix their influence into the node priority)."""
+
+
+def search_stage(
+    ctx: StageContext, iteration: str, policy: Policy | None, *, guide: RoundGuide | None = None
+) -> list[Tree]:
+    """Stages ``ITER/token_budget`` and ``ITER/trees``: one tree per task of the next
+    ``search.tasks_per_iteration`` train tasks, grown by ``policy``. Q-guided in one go; with ``guide``,
+    in ``search.rounds`` rounds (``search.expansions`` split between them, stages
+    ``ITER/trees/round_R``), ``guide`` choosing each later round's node policy."""
+    cfg = ctx.cfg.search
+    instances = ctx.train_tasks(f"{iteration}/trees", cfg.tasks_per_iteration)
+    adapter = ctx.serve(policy)
+
+    def budget_work() -> dict[str, Any]:
+        seed = ctx.seed(iteration, "budget")
+        return {"token_budget": token_budget(ctx.system, instances, ctx.engine, cfg, seed, adapter=adapter)}
+
+    budget = ctx.stage(f"{iteration}/token_budget", budget_work)["token_budget"]
+    sizes = round_sizes(cfg.expansions, cfg.rounds if guide is not None else 1)
+    trees = [Tree(instance) for instance in instances]
+    node_policy: NodePolicy = QPolicy()
+    for r, expansions in enumerate(sizes):
+        last = r == len(sizes) - 1
+        key, name = (
+            (f"{iteration}/trees", "trees.jsonl")
+            if last
+            else (f"{iteration}/trees/round_{r}", f"trees_round{r}.jsonl")
+        )
+        trees = _grow_stage(ctx, key, iteration, name, trees, expansions, budget, node_policy, adapter)
+        if not last:
+            assert guide is not None
+            node_policy = guide(trees, r)
+    return trees
+
+
+def _grow_stage(
+    ctx: StageContext,
+    key: str,
+    iteration: str,
+    name: str,
+    trees: list[Tree],
+    expansions: int,
+    budget: float,
+    node_policy: NodePolicy,
+    adapter: str | None,
+) -> list[Tree]:
+    """Stage ``key``: grow every tree by ``expansions`` (finished trees appended to ``name``)."""
+    log = ctx.store.log(iteration, name)
+    ids = [t.id for t in trees]
+
+    def work() -> dict[str, Any]:
+        done = log.ids()
+        todo = [copy.deepcopy(t) for t in trees if t.id not in done]
+        with progress_bar(f"{key} tree search", len(todo)) as advance:
+            grow(
+                ctx.system,
+                todo,
+                ctx.engine,
+                expansions,
+                ctx.cfg.search,
+                ctx.reward,
+                budget,
+                seed=ctx.seed(iteration, "search"),
+                policy=node_policy,
+                adapter=adapter,
+                on_tree_done=lambda tree: (log.append({"id": tree.id, **tree.to_dict()}), advance(1)),
+            )
+        grown = in_order(log.read(), ids)
+        log.rewrite(grown)
+        return {"trees": len(grown), "nodes": sum(len(t["nodes"]) for t in grown), "token_budget": budget}
+
+    ctx.stage(key, work)
+    return [Tree.from_dict(t) for t in in_order(log.read(), ids)]
+
+
+def tree_pairs(ctx: StageContext, trees: Sequence[Tree]) -> list[PreferencePair]:
+    """Optima's preference pairs of ``trees`` (prefilters of ``pairs.*``)."""
+    demonstrate = ctx.cfg.dialogue.demonstration
+    return [p for t in trees for p in extract_pairs(t, ctx.cfg.pairs, demonstrate=demonstrate)]
+
+
+def pairs_stage(ctx: StageContext, iteration: str, trees: Sequence[Tree]) -> list[PreferencePair]:
+    """Stage ``ITER/pairs``: the preference pairs of the finished trees (``pairs.jsonl``)."""
+    log = ctx.store.log(iteration, "pairs.jsonl")
+
+    def work() -> dict[str, Any]:
+        pairs = tree_pairs(ctx, trees)
+        log.rewrite(p.to_dict() for p in pairs)
+        return {"pairs": len(pairs)}
+
+    ctx.stage(f"{iteration}/pairs", work)
+    return [PreferencePair.from_dict(r) for r in log.read()]
