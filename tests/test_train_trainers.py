@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from dits.mas.render import agent_view
 from dits.models import ModelRef, resolve_model
 from dits.search.pairs import PreferencePair
 from dits.train import dpo, sft
-from dits.train.common import RESULT_FILE, load_model, load_tokenizer, trainer_args
+from dits.train.common import LOG_FILE, RESULT_FILE, load_model, load_tokenizer, trainer_args
 from dits.train.records import chat_ids, dpo_rows, fit_dpo_rows, sft_rows, tokenize_sft_rows
 from train_support import INSTANCE, TURNS
 
@@ -222,8 +223,22 @@ def test_sft_output_is_an_atomic_loadable_adapter_folder(sft_run, base):
     assert resolve_model(str(out)) == ModelRef(base.base, out)
     assert (out / "tokenizer.json").exists() and not (out / "config.json").exists()
     assert json.loads((out / RESULT_FILE).read_text()) == json.loads(json.dumps(result.to_dict()))
+    assert result.to_dict()["output"] == "out"  # nothing machine-specific in the saved result
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no work folders left behind
     generates(out)
+
+
+def test_training_shows_one_bar_and_logs_every_step_to_the_stage_folder(base, rows, tmp_path, capfd):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = sft.train_sft(base, rows, CFG, tmp_path / "sft", seed=0)
+    printed = "".join(capfd.readouterr())
+    assert "'loss'" not in printed and "grad_norm" not in printed  # no per-step dicts
+    assert "SFT training" in printed and f"{result.steps}/{result.steps}" in printed and "loss " in printed
+    assert [str(w.message) for w in seen if "is_gradient_checkpointing" in str(w.message)] == []
+    records = [json.loads(line) for line in (result.output / LOG_FILE).read_text().splitlines()]
+    assert records == result.history
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, result.steps + 1)) == [1, 2]
 
 
 def test_sft_same_seed_gives_identical_adapter(sft_run, base, rows, tmp_path):

@@ -104,7 +104,7 @@ def evaluate(
         wall_time=timer.seconds,
         self_consistency=self_consistency,
     )
-    timer.summary(n=n, score=f"{summary.score:.3f}", mean_tokens=f"{summary.mean_tokens:.1f}")
+    timer.summary(n=n, score=summary.score, mean_tokens=summary.mean_tokens)
     return records, summary
 
 

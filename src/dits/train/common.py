@@ -4,6 +4,8 @@
   LoRA adapter (that adapter is trained further; with ``lora=False`` it is merged first).
 * Arguments: CPU-safe when there is no CUDA (fp32, no gradient checkpointing, ``use_cpu``), no
   reporting, no checkpoints, a log line (and loss) per optimizer step, seeded.
+* Console: one progress bar per stage (`dits.train.console`); the trainer's log lines are saved with
+  the model as ``train_log.jsonl``, its summary as ``train_result.json``.
 * Output: training runs in a hidden work folder next to ``out_dir``; the saved model is renamed to
   ``out_dir`` only at the end, so a crash never leaves a folder that looks finished.
 """
@@ -28,15 +30,18 @@ from transformers.trainer_utils import SchedulerType
 from dits.config import LoraSettings, TrainConfig
 from dits.errors import DitsError
 from dits.models import ModelRef, quiet_libraries, resolve_model
+from dits.train.console import TrainingProgress, silence_library_warnings
 
 ArgsT = TypeVar("ArgsT")
 log = logging.getLogger(__name__)
 RESULT_FILE = "train_result.json"
+LOG_FILE = "train_log.jsonl"
 
 
 @dataclass
 class TrainResult:
-    """What a training stage did; ``losses`` has one entry per optimizer step."""
+    """What a training stage did; ``losses`` has one entry per optimizer step, ``history`` one per log
+    line. Saved inside ``output``, which is therefore recorded by its folder name only."""
 
     output: Path
     examples: int
@@ -48,13 +53,15 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["output"] = str(self.output)
+        data["output"] = self.output.name
         return data
 
 
 def as_ref(model: str | ModelRef) -> ModelRef:
-    """The start model of a stage, resolved (and library progress bars silenced: the trainer has its own)."""
+    """The start model of a stage, resolved (and library progress bars and warnings silenced: the stage
+    shows its own bar)."""
     quiet_libraries()
+    silence_library_warnings()
     return resolve_model(model) if isinstance(model, str) else model
 
 
@@ -116,6 +123,7 @@ def trainer_args(
         lr_scheduler_type=cfg.lr_scheduler,
         max_length=cfg.max_length,
         logging_steps=1,
+        disable_tqdm=True,  # our own bar replaces the PrinterCallback this adds (`TrainingProgress`)
         save_strategy="no",
         report_to=[],
         use_cpu=not cuda,
@@ -140,13 +148,15 @@ def save_model(model: Any, base: str, tokenizer: PreTrainedTokenizerBase, folder
 def train_and_save(
     make_trainer: Callable[[Path], Trainer],
     *,
+    name: str,
     base: str,
     tokenizer: PreTrainedTokenizerBase,
     out_dir: Path,
     seed: int,
     rows: int,
 ) -> TrainResult:
-    """Build a trainer (seeded), train it, save atomically to ``out_dir``, report.
+    """Build a trainer (seeded), train it under a progress bar named ``name``, save atomically to
+    ``out_dir`` with its log, report.
 
     ``rows`` is the number of rows the caller was given; the ones missing from the trainer's dataset
     (dropped by our length fitting or by TRL) are reported as ``dropped``.
@@ -160,7 +170,8 @@ def train_and_save(
     try:
         set_seed(seed)
         trainer = make_trainer(work / "trainer")
-        trainer.train()
+        with TrainingProgress(f"{name} training").attach(trainer):
+            trainer.train()
         history = [dict(entry) for entry in trainer.state.log_history]
         examples = len(trainer.train_dataset)
         if examples < rows:
@@ -179,6 +190,7 @@ def train_and_save(
         staged = work / "model"
         save_model(trainer.accelerator.unwrap_model(trainer.model), base, tokenizer, staged)
         (staged / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1))
+        (staged / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in history))
         _replace_dir(staged, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)

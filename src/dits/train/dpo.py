@@ -71,5 +71,11 @@ def train_dpo(
         )
 
     return train_and_save(
-        make_trainer, base=ref.base, tokenizer=tokenizer, out_dir=out_dir, seed=seed, rows=len(rows)
+        make_trainer,
+        name="DPO",
+        base=ref.base,
+        tokenizer=tokenizer,
+        out_dir=out_dir,
+        seed=seed,
+        rows=len(rows),
     )

@@ -64,5 +64,11 @@ def train_sft(
         )
 
     return train_and_save(
-        make_trainer, base=ref.base, tokenizer=tokenizer, out_dir=out_dir, seed=seed, rows=len(rows)
+        make_trainer,
+        name="SFT",
+        base=ref.base,
+        tokenizer=tokenizer,
+        out_dir=out_dir,
+        seed=seed,
+        rows=len(rows),
     )
