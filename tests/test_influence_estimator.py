@@ -119,6 +119,12 @@ def test_batched_adapters_give_the_same_scores_as_one_at_a_time(engine, exact) -
     assert [g.to_dict() for g in single.groups] == [g.to_dict() for g in exact[0].groups]
 
 
+def test_drafts_give_the_same_influence_as_decoding_every_token(engine, exact) -> None:
+    decoded = run(engine, FAST.model_copy(update={"drafts": False}), first_order=True)
+    assert [g.to_dict() for g in decoded.groups] == [g.to_dict() for g in exact[0].groups]
+    assert decoded.base_scores == exact[0].base_scores
+
+
 def test_resume_skips_finished_groups(engine, exact) -> None:
     report = exact[0]
     done = {g.group for g in report.groups[:2]}

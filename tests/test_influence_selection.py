@@ -9,9 +9,9 @@ import pytest
 from dits.config import SelectionConfig
 from dits.errors import DitsError
 from dits.influence.selection import assign_influence, influence_bounds, select_pairs
-from dits.utils import minmax
 from dits.search.pairs import PreferencePair
 from dits.search.policy import InfluencePolicy
+from dits.utils import minmax
 from test_search_support import build_tree
 
 #           Q    raw I  → Î = minmax(I) → H = Q + Î (γ = 1)

@@ -41,15 +41,18 @@ class EngineConfig(Section):
     """Text generation backend."""
 
     kind: Literal["hf", "fake"] = Field(
-        "hf", description="hf (transformers generate) or fake (scripted, tests)"
+        "hf", description="hf (transformers model, continuous batching) or fake (scripted, tests)"
     )
-    batch_size: int = Field(32, ge=1, description="rows per generate micro-batch")
+    batch_size: int = Field(32, ge=1, description="rows decoded together (slots of the running batch)")
     device: str | None = Field(None, description="torch device, e.g. cuda or cpu; null: cuda if available")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="model weights' dtype; auto: bfloat16 on GPU, float32 on CPU"
     )
-    cache: Literal["static", "dynamic"] = Field(
-        "static", description="KV cache: static (pre-allocated, shared-prefix reuse) or dynamic"
+    kv_cache_mb: float = Field(
+        2048,
+        ge=0,
+        description="memory for cached keys/values of prompt prefixes, reused across turns and tree "
+        "rollouts (least recently used evicted first); 0 turns reuse off",
     )
 
 
@@ -228,6 +231,11 @@ class InfluenceConfig(Section):
     )
     adapters_per_batch: int = Field(
         16, ge=1, description="probe adapters whose validation dialogues share engine calls"
+    )
+    drafts: bool = Field(
+        True,
+        description="probes replay θ*'s validation dialogues as drafts the engine verifies instead of "
+        "decoding (same influence values, less work); false decodes every token",
     )
     proxy_holdout_fraction: float = Field(
         0.0, ge=0, lt=1, description="analysis: trees held out to record the DPO-loss-change proxy; 0: off"

@@ -51,6 +51,16 @@ class SamplingParams:
         return self.temperature <= 0.0
 
 
+@dataclass(frozen=True)
+class Draft:
+    """Tokens a completion is expected to start with (e.g. θ*'s reply to the same view, when an influence
+    probe replays θ*'s dialogue), and whether it ended by stopping. A hint only: an engine may verify a
+    draft instead of decoding it, but the completion must be what generation without it gives."""
+
+    token_ids: tuple[int, ...]
+    stopped: bool
+
+
 @dataclass
 class GenerationRequest:
     """A chat to continue under ``adapter`` (see the module docstring), with its own random seed."""
@@ -58,33 +68,33 @@ class GenerationRequest:
     messages: list[Message]
     adapter: str | None = SERVED
     seed: int = 0
+    draft: Draft | None = None
 
 
 @dataclass
 class Completion:
-    """One generated continuation. ``num_tokens`` counts generated tokens (no prompt, no EOS)."""
+    """One generated continuation. ``num_tokens`` counts generated tokens (no prompt, no EOS);
+    ``token_ids`` are those tokens where the engine has them (empty otherwise)."""
 
     text: str
     num_tokens: int
     finish_reason: Literal["stop", "length"] = "stop"
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class BatchEvent:
-    """What one forward-pass batch of an engine did, for benchmarks (`EngineStats.observers`).
+    """One forward pass of an in-process engine, for benchmarks (`EngineStats.observers`).
 
-    ``prompt_tokens``: prompt positions of the rows; ``computed_prompt_tokens``: prompt positions the
-    engine actually ran through the model (fewer when it reused cached keys and values);
-    ``generated_tokens``: new tokens kept; ``decode_steps``: forward passes of the decoding loop;
-    ``adapters``: distinct adapters in the batch.
+    ``kind``: ``prefill`` (new rows' uncached prompt tokens and drafts), ``decode`` (one token per
+    running row) or ``nll`` (scoring). ``positions``: real input positions run through the model;
+    ``padded``: positions including padding (rows × widest input); ``adapters``: distinct adapters.
     """
 
-    kind: Literal["generate", "nll"]
+    kind: Literal["prefill", "decode", "nll"]
     rows: int
-    prompt_tokens: int
-    computed_prompt_tokens: int
-    generated_tokens: int
-    decode_steps: int
+    positions: int
+    padded: int
     adapters: int
     seconds: float
 
@@ -174,7 +184,12 @@ class Engine(Protocol):
         ...
 
     def trainable_model(self) -> Any:
-        """The in-process PyTorch (PEFT) model generation runs on (needs ``capabilities.trainable_model``)."""
+        """The in-process PyTorch (PEFT) model generation runs on (needs ``capabilities.trainable_model``).
+        Whoever changes an adapter's weights in place calls `weights_changed` afterwards."""
+        ...
+
+    def weights_changed(self, name: str) -> None:
+        """Adapter ``name``'s weights were changed in place: forget anything computed with the old ones."""
         ...
 
 

@@ -20,6 +20,6 @@ def make_engine(cfg: EngineConfig, model: str, reference: str | None = None) -> 
         batch_size=cfg.batch_size,
         device=cfg.device,
         dtype=cfg.dtype,
-        cache=cfg.cache,
+        kv_cache_mb=cfg.kv_cache_mb,
         reference=reference,
     )

@@ -118,5 +118,8 @@ class FakeEngine:
     def adapters(self) -> list[str]:
         return sorted(self._adapters)
 
+    def weights_changed(self, name: str) -> None:
+        """Nothing is cached by a scripted engine."""
+
     def trainable_model(self) -> None:
         raise DitsError("the fake engine has no model to train; use engine.kind=hf")

@@ -140,10 +140,13 @@ class Harness:
         seed: int,
         holdout: Sequence[str] = (),
         first_order: bool = True,
+        drafts: bool = True,
     ) -> None:
         self.prober, self.system, self.tasks, self.seed = prober, system, list(tasks), seed
         self.holdout = list(holdout)
         self.dialogues = self.tokens = 0
+        self.drafts = drafts
+        self.base: list[Dialogue] = []
         (self.base,) = self.play([prober.name], range(len(self.tasks)))
         self.base_scores = self.scores(self.base, range(len(self.tasks)))
         self.first_order = first_order
@@ -155,13 +158,20 @@ class Harness:
         return fmean(self.base_scores)
 
     def play(self, adapters: Sequence[str], tasks: range) -> list[list[Dialogue]]:
-        """Greedy dialogues of ``tasks`` under each adapter, all in the same waves."""
-        instances = [self.tasks[i] for i in tasks]
+        """Greedy dialogues of ``tasks`` under each adapter, all in the same waves (θ*'s dialogues of the
+        same tasks, once known, serve as drafts: identical results, fewer decoding steps)."""
         programs = [
-            self.system.converse(inst, GREEDY, seed=derive_seed(self.seed, "validation", inst.id), adapter=a)
+            self.system.converse(
+                self.tasks[i],
+                GREEDY,
+                seed=derive_seed(self.seed, "validation", self.tasks[i].id),
+                adapter=a,
+                reference=self.base[i] if self.base and self.drafts else None,
+            )
             for a in adapters
-            for inst in instances
+            for i in tasks
         ]
+        instances = [self.tasks[i] for i in tasks]
         flat = run_programs(programs, self.prober.engine)
         self.dialogues += len(flat)
         self.tokens += sum(d.tokens for d in flat)
@@ -430,6 +440,7 @@ def estimate(
             seed=seed,
             holdout=[p.id for p in holdout if p.id in prober.pairs],
             first_order=first_order or cfg.estimator == "first-order",
+            drafts=cfg.drafts,
         )
         groups = make_groups(pool, cfg.group_size, seed)
         todo = [g for g in groups if g.id not in done]

@@ -361,6 +361,7 @@ class Prober:
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(self._step(optimizer, batch))
         self.theta = self._snapshot()
+        self.engine.weights_changed(self.name)
         return losses
 
     @contextmanager

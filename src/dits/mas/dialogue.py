@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from dits.config import DialogueConfig
-from dits.engines.base import GenerationRequest, SamplingParams
+from dits.engines.base import Completion, Draft, GenerationRequest, SamplingParams
 from dits.engines.batching import GenerateCall, Program
 from dits.mas.prompts import NAMES, PARTNER, FormatHint
 from dits.mas.render import agent_view
@@ -108,9 +108,12 @@ class TwoAgentSystem:
             instance, next_speaker(turns), turns, format_hint, demonstrate=self.rules.demonstration
         )
 
-    def make_turn(self, instance: TaskInstance, speaker: str, text: str, tokens: int, overlong: bool) -> Turn:
-        text = clean_utterance(text, speaker)
-        return Turn(speaker, text, tokens, self.task.extract(text, instance), overlong)
+    def make_turn(self, instance: TaskInstance, speaker: str, completion: Completion) -> Turn:
+        """The turn ``speaker`` adds by saying ``completion`` (cleaned, its answer extracted)."""
+        text = clean_utterance(completion.text, speaker)
+        overlong = completion.finish_reason == "length"
+        answer = self.task.extract(text, instance)
+        return Turn(speaker, text, completion.num_tokens, answer, overlong, completion.token_ids)
 
     def converse(
         self,
@@ -121,26 +124,27 @@ class TwoAgentSystem:
         prefix: Sequence[Turn] = (),
         adapter: str | None = None,
         format_hint: FormatHint | None = None,
+        reference: Dialogue | None = None,
     ) -> Program[Dialogue]:
         """A program (see `dits.engines.batching`) that plays the dialogue to its end from ``prefix``.
 
         Turn ``k`` is sampled with seed ``derive_seed(seed, k)``, so a dialogue depends only on its
-        own seed, never on the batch it runs in.
+        own seed, never on the batch it runs in. ``reference``: a dialogue of the same task, seeds and
+        rules under other weights (θ*'s, for a probe); while this dialogue repeats it, each turn asks the
+        engine with the reference's turn as a draft (same result, cheaper).
         """
         params = replace(params, n=1, max_new_tokens=self.rules.max_utterance_tokens)
         turns = list(prefix)
         reason = stop_reason(turns, self.rules)
         while reason is None:
             request = GenerationRequest(
-                self.view(instance, turns, format_hint), adapter=adapter, seed=derive_seed(seed, len(turns))
+                self.view(instance, turns, format_hint),
+                adapter=adapter,
+                seed=derive_seed(seed, len(turns)),
+                draft=_draft(reference, turns),
             )
             (completion,) = yield GenerateCall(request, params)
-            overlong = completion.finish_reason == "length"
-            turns.append(
-                self.make_turn(
-                    instance, next_speaker(turns), completion.text, completion.num_tokens, overlong
-                )
-            )
+            turns.append(self.make_turn(instance, next_speaker(turns), completion))
             reason = stop_reason(turns, self.rules)
         meta = {"format": format_hint.name} if format_hint else {}
         return Dialogue(instance.id, turns, last_answer(turns), reason, meta)
@@ -148,6 +152,15 @@ class TwoAgentSystem:
     def score(self, dialogue: Dialogue, instance: TaskInstance) -> float:
         """Task metric of the dialogue's final answer."""
         return self.task.score(dialogue.final_answer, instance)
+
+
+def _draft(reference: Dialogue | None, turns: Sequence[Turn]) -> Draft | None:
+    """The reference's next turn as a draft, while ``turns`` repeat the reference (None otherwise)."""
+    if reference is None or len(turns) >= len(reference.turns):
+        return None
+    if any(a.text != b.text for a, b in zip(turns, reference.turns, strict=False)):
+        return None
+    return reference.turns[len(turns)].draft
 
 
 def impersonates(turn: Turn) -> bool:

@@ -190,7 +190,8 @@ def train_and_save(
         staged = work / "model"
         save_model(trainer.accelerator.unwrap_model(trainer.model), base, tokenizer, staged)
         (staged / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1))
-        (staged / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in history))
+        steps = [entry for entry in history if "train_runtime" not in entry]  # the run's timing: result file
+        (staged / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in steps))
         _replace_dir(staged, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
