@@ -29,6 +29,8 @@ import hashlib
 import json
 import math
 import re
+import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from statistics import fmean
@@ -48,12 +50,11 @@ from common import (
 from dits.config import InfluenceConfig, RunConfig, SelectionConfig
 from dits.context import Policy, StageContext
 from dits.evaluate import evaluation_stage
-from dits.influence.estimator import estimate, split_holdout
 from dits.influence.report import agreement
 from dits.influence.selection import select_pairs
+from dits.influence.session import open_session
 from dits.influence.stages import pairs_per_batch
 from dits.isft import sample_stage
-from dits.runtime import take
 from dits.search.pairs import PreferencePair
 from dits.search.stages import pairs_stage, search_stage
 from dits.train.dpo import train_dpo
@@ -133,9 +134,10 @@ def make_config(args: argparse.Namespace) -> RunConfig:
     )
 
 
-def influence_config(cfg: RunConfig, args: argparse.Namespace, half: int) -> InfluenceConfig:
+def influence_config(cfg: RunConfig, args: argparse.Namespace) -> InfluenceConfig:
+    """The run's influence settings with this benchmark's sizes (V = ``--validation``, both halves)."""
     update: dict[str, Any] = {
-        "validation_tasks": half,
+        "validation_tasks": args.validation,
         "probe_lr": args.probe_lr if args.probe_lr == "auto" else float(args.probe_lr),
         "proxy_holdout_fraction": args.holdout_fraction,
         "first_order_proxy": True,
@@ -238,41 +240,54 @@ def build_pool(ctx: StageContext) -> tuple[Policy, list[PreferencePair]]:
 
 def estimate_halves(
     ctx: StageContext, policy: Policy, pairs: list[PreferencePair], args: argparse.Namespace, sig: str
-) -> tuple[list[PreferencePair], list[PreferencePair], dict[str, Any], dict[str, Any]]:
-    """Pool and held-out pairs, and the influence reports on validation halves A and B."""
-    pool, held = split_holdout(
-        pairs, round(args.holdout_fraction * len(pairs)), seed=ctx.seed("bench", "holdout")
-    )
-    half = args.validation // 2
-    validation = take(ctx.system.task, "validation", 2 * half)
-    seed = ctx.seed("bench", "influence")
+) -> dict[str, Any]:
+    """The iteration session on the V validation tasks (θ*, calibration, informative tasks when
+    ``influence.validation_pool`` > V), then every group measured on two disjoint halves of those tasks
+    (alternate tasks: A = 1st, 3rd, …; B = 2nd, 4th, …) with the same θ* and step size."""
+    cfg = influence_config(ctx.cfg, args)
+    folder = ctx.store.path("bench", sig)
 
-    def on(tasks: Sequence[Any], cfg: InfluenceConfig) -> Callable[[], dict[str, Any]]:
-        def compute() -> dict[str, Any]:
-            report = estimate(
+    def compute() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as scratch:
+            session = open_session(
+                Path(scratch),
                 ctx.engine,
                 ctx.system,
-                pool,
-                tasks,
+                pairs,
+                ctx.tasks("validation", max(cfg.validation_tasks, cfg.validation_pool)),
                 cfg,
                 ctx.cfg.dpo,
                 policy=ctx.serve(policy),
-                seed=seed,
+                seed=ctx.seed("bench", "influence"),
                 lora=ctx.cfg.dpo.lora_settings,
-                holdout=held,
                 first_order=True,
                 pairs_per_batch=pairs_per_batch(ctx.cfg),
             )
-            return report.to_dict()
+            try:
+                groups = session.groups(pairs)
+                tasks = session.harness.tasks
+                halves = {}
+                for name, part in (("a", tasks[0::2]), ("b", tasks[1::2])):
+                    started = time.perf_counter()
+                    harness = session.on_tasks(part, cfg)
+                    measured = session.measure(groups, cfg, harness=harness)
+                    halves[name] = {
+                        "validation_ids": [t.id for t in part],
+                        "base_score": harness.base_score,
+                        "groups": [g.to_dict() for g in measured],
+                        "wall_time": time.perf_counter() - started,
+                    }
+                return {
+                    "session": session.record.to_dict(),
+                    "probed": [p.id for p in pairs if session.probed(p) and p.id in session.prober.pairs],
+                    "heldout": [p.id for p in pairs if p.tree_id in session.record.holdout_trees],
+                    "warmup": [p.id for p in pairs if p.tree_id in session.record.warmup_trees],
+                    **halves,
+                }
+            finally:
+                session.close()
 
-        return compute
-
-    cfg = influence_config(ctx.cfg, args, half)
-    folder = ctx.store.path("bench", sig)
-    a = cached(ctx, f"bench/{sig}/influence_A", folder / "influence_A.json", on(validation[:half], cfg))
-    fixed = InfluenceConfig.model_validate(cfg.model_dump() | {"probe_lr": a["lr"]})
-    b = cached(ctx, f"bench/{sig}/influence_B", folder / "influence_B.json", on(validation[half:], fixed))
-    return pool, held, a, b
+    return cached(ctx, f"bench/{sig}/influence", folder / "influence.json", compute)
 
 
 def group_table(
@@ -316,7 +331,9 @@ def ties(values: Sequence[float]) -> dict[str, Any]:
     return {"distinct": len(counts), "tie_fraction": tied / len(values) if values else float("nan")}
 
 
-def claims_abc(rows: Sequence[dict[str, Any]], a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def claims_abc(
+    rows: Sequence[dict[str, Any]], a: dict[str, Any], b: dict[str, Any], session: dict[str, Any]
+) -> dict[str, Any]:
     """Claims (a)–(c) from the per-group table."""
     return {
         "a_influence_vs_q": correlate(rows, "influence", "q_mean"),
@@ -332,21 +349,28 @@ def claims_abc(rows: Sequence[dict[str, Any]], a: dict[str, Any], b: dict[str, A
         },
         "base_score_half_a": a["base_score"],
         "base_score_half_b": b["base_score"],
-        "probe_lr": a["lr"],
-        "calibration_note": a["calibration_note"],
-        "calibration": a["calibration"],
+        "sft_score_validation": session["sft_score"],
+        "theta_score_validation": session["base_score"],
+        "probe_lr": session["lr"],
+        "calibration_note": session["calibration_note"],
+        "calibration": session["calibration"],
+        "validation_pool": session["pool_size"],
+        "moved_tasks": session["moved_tasks"],
     }
 
 
 # ------------------------------------------------------------------------------------------ ablation
 def subsets(
-    ctx: StageContext, pool: Sequence[PreferencePair], influence: dict[str, float], alpha: float, seed_index: int
+    ctx: StageContext,
+    pool: Sequence[PreferencePair],
+    influence: dict[str, float],
+    alpha: float,
+    seed_index: int,
 ) -> dict[str, list[PreferencePair]]:
     """The pairs each strategy keeps (only the random one depends on the seed)."""
-    scored = [p for p in pool if p.id in influence]
     return {
         name: select_pairs(
-            scored,
+            list(pool),
             influence,
             SelectionConfig(alpha=alpha, **spec),
             seed=ctx.seed("bench", "random", seed_index),
@@ -434,21 +458,27 @@ def main() -> None:
 
     policy, pairs = build_pool(ctx)
     sft_eval = evaluation_stage(ctx, "sft", policy)
-    half = args.validation // 2
-    sig = signature(influence_config(cfg, args, half).model_dump(), args.validation, args.holdout_fraction)
-    pool, held, a, b = estimate_halves(ctx, policy, pairs, args, sig)
+    sig = signature(influence_config(cfg, args).model_dump(), args.holdout_fraction)
+    estimated = estimate_halves(ctx, policy, pairs, args, sig)
+    a, b = estimated["a"], estimated["b"]
     rows = group_table(a, b, pairs)
     if len(rows) < 10:
         print(f"warning: only {len(rows)} groups; correlations are very noisy (search more trees: --trees)")
-    influence = {pid: r["influence"] for r in rows for pid in r["pairs"]}
+    probed = {pid: r["influence"] for r in rows for pid in r["pairs"]}
+    neutral = fmean(probed.values())
+    held = set(estimated["heldout"])
+    pool = [p for p in pairs if p.id not in held]  # held-out proxy pairs never train
+    influence = {p.id: probed.get(p.id, neutral) for p in pool}  # warm-up pairs: the mean, as the stage does
     report["results"] = {
         "pairs": len(pairs),
         "pool_pairs": len(pool),
+        "probed_pairs": len(estimated["probed"]),
+        "warmup_pairs": len(estimated["warmup"]),
         "heldout_pairs": len(held),
         "groups": len(rows),
         "validation_halves": [len(a["validation_ids"]), len(b["validation_ids"])],
         "sft_eval": sft_eval,
-        "claims": claims_abc(rows, a, b),
+        "claims": claims_abc(rows, a, b, estimated["session"]),
         "ablation": ablation(ctx, policy, pool, influence, args, signature(sig, args.alpha)),
         "group_table": rows,
         "influence_wall_s": [a["wall_time"], b["wall_time"]],

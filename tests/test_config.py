@@ -36,3 +36,19 @@ def test_dump_round_trips(tmp_path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
+
+
+def test_dits_searches_guided_by_influence_by_default_and_silent_no_ops_are_refused() -> None:
+    dits = load_config(None, ["method=dits"])
+    assert dits.guided_search and dits.search_rounds == 2
+    optima = load_config(None, ["method=isft-dpo"])
+    assert not optima.guided_search and optima.search_rounds == 1
+    assert not load_config(None, ["method=dits", "search.guidance=q"]).guided_search
+    with pytest.raises(DitsError, match="search.rounds >= 2"):
+        load_config(None, ["method=dits", "search.rounds=1"])  # guided, but nothing to steer
+    with pytest.raises(DitsError, match="does nothing"):
+        load_config(None, ["method=isft-dpo", "search.rounds=3"])  # rounds only split a guided search
+    with pytest.raises(DitsError, match="needs method dits"):
+        load_config(None, ["method=isft-dpo", "search.guidance=influence"])
+    with pytest.raises(DitsError, match="exceeds search.expansions"):
+        load_config(None, ["method=dits", "search.expansions=2", "search.rounds=3"])

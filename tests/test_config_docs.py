@@ -110,7 +110,7 @@ def awkward_config() -> RunConfig:
                 },
             },
             "engine": {"device": "cuda:1"},
-            "influence": {"probe_lr": 3e-4, "probe_lr_grid": []},
+            "influence": {"probe_lr": 3e-4, "probe_lr_grid": [1e-4]},
             "eval": {"limit": None},
         }
     )

@@ -1,22 +1,22 @@
-"""Influence estimation on tiny-random: exact (batched = one at a time), racing, first-order, calibration,
-resume, the loss proxy; and the report's statistics."""
+"""Influence estimation on tiny-random: the iteration session (warm-up hygiene, calibration that
+separates, informative tasks, exact reopening), the estimators (exact, racing, first-order, central
+difference, sampled validation units), drafts, resume, and the report's statistics."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from dits.errors import DitsError
 from dits.influence.estimator import (
-    Harness,
-    calibrate,
-    choose_lr,
-    estimate,
+    Group,
+    UnitResult,
     make_groups,
     racing_schedule,
-    split_holdout,
+    split_trees,
 )
-from dits.influence.probe import Prober
-from dits.influence.report import CalibrationRow, GroupInfluence, InfluenceReport, agreement
+from dits.influence.report import CalibrationRow, GroupInfluence, agreement, tie_fraction
+from dits.influence.session import ProbeSession, choose_lr, open_session
 from test_influence_support import DPO, FAST, POLICY, make_engine, make_pairs, make_system, validation
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -28,24 +28,37 @@ def engine(tiny_model: str):
     return make_engine(tiny_model)
 
 
-def run(engine, cfg=FAST, **kwargs) -> InfluenceReport:
-    return estimate(
+def session(engine, folder: Path, cfg=FAST, pairs=None, pool=None) -> ProbeSession:
+    return open_session(
+        folder,
         engine,
         make_system(),
-        kwargs.pop("pairs", make_pairs()),
-        validation(),
+        pairs if pairs is not None else make_pairs(),
+        pool if pool is not None else validation(),
         cfg,
         DPO,
         policy=POLICY,
         seed=0,
-        **kwargs,
+        first_order=True,
     )
 
 
+@pytest.fixture
+def own_engine(tiny_model: str):
+    """An engine of the test's own (one θ* per engine: the module's session holds the shared one)."""
+    return make_engine(tiny_model)
+
+
 @pytest.fixture(scope="module")
-def exact(engine) -> tuple[InfluenceReport, list[GroupInfluence]]:
-    seen: list[GroupInfluence] = []
-    return run(engine, on_group_done=seen.append, first_order=True), seen
+def opened(engine, tmp_path_factory):
+    s = session(engine, tmp_path_factory.mktemp("session"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def exact(opened) -> list[GroupInfluence]:
+    return opened.measure(opened.groups(make_pairs()), FAST)
 
 
 # ------------------------------------------------------------------------------------ pure parts
@@ -56,150 +69,183 @@ def test_groups_are_seeded_stable_chunks() -> None:
     assert [len(g.pair_ids) for g in groups] == [3, 3, 1]
     assert sorted(i for g in groups for i in g.pair_ids) == ids
     assert make_groups(ids, 3, seed=2) != groups
-    before = {g.id: g.pair_ids for g in groups}
-    changed = make_groups([*ids[:-1], "p99"], 3, seed=1)
-    assert all(before.get(g.id, g.pair_ids) == g.pair_ids for g in changed)  # same id ⇒ same pairs
-    assert {g.id for g in changed} != set(before)
 
 
-def test_racing_schedule_doubles_up_to_all_tasks() -> None:
+def test_racing_schedule_doubles_up_to_all_units() -> None:
     assert racing_schedule(4, 20) == [4, 8, 16, 20]
     assert racing_schedule(5, 5) == [5] and racing_schedule(8, 3) == [3]
 
 
-def test_holdout_takes_whole_trees() -> None:
-    pool, held = split_holdout(make_pairs(5, 2), 3, seed=0)
+def test_trees_are_set_aside_whole() -> None:
+    pool, held = split_trees(make_pairs(5, 2), 3, seed=0)
     assert len(held) == 4 and len(pool) == 6  # two whole trees of two pairs
     assert {p.tree_id for p in held}.isdisjoint({p.tree_id for p in pool})
+    assert split_trees(make_pairs(5, 2), 3, seed=0, purpose="warmup") != (pool, held)  # another order
 
 
 def test_agreement_and_tie_statistics() -> None:
     result = agreement({"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 10.0, "b": 30.0, "c": 20.0, "d": 0.0})
     assert (result.n, result.spearman) == (3, pytest.approx(0.5))
-    tied = agreement({"a": 1.0, "b": 1.0, "c": 2.0}, {"a": 1.0, "b": 2.0, "c": 3.0})
-    assert tied.spearman == pytest.approx(0.75**0.5)  # average ranks for ties
-    groups = [
-        GroupInfluence(f"g{i}", [], v, None, 0, 0, 0, 0, 0.0, None, 0.0) for i, v in enumerate([1, 1, 2, 3])
-    ]
-    report = InfluenceReport("exact", 0, [], [], 0, "adam", [], "", groups, [], [], 0, 0, 0, 0, 0)
-    assert (report.distinct_values, report.tie_fraction) == (3, 0.5)
+    assert tie_fraction([1.0, 1.0, 2.0, 3.0]) == 0.5 and tie_fraction([]) == 0.0
 
 
-def test_lr_rule_and_its_fallbacks() -> None:
-    def row(lr: float, changed: float, delta: float) -> CalibrationRow:
-        return CalibrationRow(lr, 4, changed, 0.5 + delta, delta, 2)
-
-    rows = [row(1e-4, 0.0, 0.0), row(1e-3, 0.5, -0.3), row(3e-3, 0.3, -0.05), row(1e-2, 0.9, 0.0)]
-    assert choose_lr(rows, 0.25, 0.1)[0] == 3e-3  # 1e-3 changes enough but costs 0.3 of the score
-    lr, note = choose_lr(rows, 0.95, 0.1)  # unreachable target: the most-changing lr within tolerance
-    assert lr == 1e-2 and "most-changing" in note and "WARNING" not in note
-    assert choose_lr(rows, 0.25, 0.01)[0] == 1e-2  # only 1e-4 and 1e-2 are safe; 1e-2 changes enough
-    lr, note = choose_lr([row(1e-3, 0.5, -0.3), row(1e-2, 0.9, -0.2)], 0.25, 0.1)
-    assert lr == 1e-2 and "least harmful" in note
+def row(lr: float, distinct: int, spread: float, delta: float, tol: float = 0.1) -> CalibrationRow:
+    return CalibrationRow(lr, 6, 0.5, 0.5 + delta, delta, distinct, spread, delta >= -tol)
 
 
-# ------------------------------------------------------------------------------------ exact
-def test_exact_influence_is_the_metric_delta_on_all_tasks(engine, exact) -> None:
-    report, seen = exact
-    assert seen == report.groups and len(report.groups) == 4
-    assert report.base_score == pytest.approx(sum(report.base_scores) / V)
-    for group in report.groups:
-        assert group.influence == pytest.approx(group.score_after - report.base_score)
-        assert (group.tasks, group.dialogues) == (V, V)
-    assert report.dialogues == V + 4 * V and report.probe_steps == 4
-    assert any(g.changed for g in report.groups) and report.distinct_values > 1  # probes really matter
-    assert report.pair_influence() == {p: g.influence for g in report.groups for p in g.pair_ids}
-    assert report.proxy_agreement()["first_order"].n == 4  # no held-out pairs: no loss proxy
-    assert "loss_proxy" not in report.proxy_agreement()
-    assert engine.adapters() == [POLICY]  # θ* and the probe adapters are gone
+def test_calibration_rule_prefers_the_step_that_separates_the_groups() -> None:
+    rows = [row(1e-4, 1, 0.0, 0.0), row(1e-3, 4, 0.05, -0.02), row(1e-2, 6, 0.2, -0.3)]
+    lr, note = choose_lr(rows, 0.1)
+    assert lr == 1e-3  # 1e-2 separates more but costs 0.3 of the score
+    assert "WARNING" not in note and "1e-04 (1 distinct" in note.replace("0.0001", "1e-04")
+    assert choose_lr([row(1e-4, 3, 0.1, 0.0), row(1e-3, 3, 0.2, 0.0)], 0.1)[0] == 1e-3  # spread breaks ties
+    assert choose_lr([row(1e-4, 3, 0.1, 0.0), row(1e-3, 3, 0.1, 0.0)], 0.1)[0] == 1e-4  # then the smaller step
+    lr, note = choose_lr([row(1e-4, 1, 0.0, 0.0), row(1e-3, 1, 0.0, 0.0)], 0.1)
+    assert "WARNING" in note  # nothing separates: influences will tie
+    lr, note = choose_lr([row(1e-3, 5, 0.1, -0.5), row(1e-2, 6, 0.1, -0.6)], 0.1)
+    assert lr == 1e-3 and "every step lowered" in note
 
 
-def test_batched_adapters_give_the_same_scores_as_one_at_a_time(engine, exact) -> None:
-    single = run(engine, FAST.model_copy(update={"adapters_per_batch": 1}), first_order=True)
-    assert [g.to_dict() for g in single.groups] == [g.to_dict() for g in exact[0].groups]
-
-
-def test_drafts_give_the_same_influence_as_decoding_every_token(engine, exact) -> None:
-    decoded = run(engine, FAST.model_copy(update={"drafts": False}), first_order=True)
-    assert [g.to_dict() for g in decoded.groups] == [g.to_dict() for g in exact[0].groups]
-    assert decoded.base_scores == exact[0].base_scores
-
-
-def test_resume_skips_finished_groups(engine, exact) -> None:
-    report = exact[0]
-    done = {g.group for g in report.groups[:2]}
-    seen: list[GroupInfluence] = []
-    rest = run(engine, done=done, on_group_done=seen.append, first_order=True)
-    assert [g.to_dict() for g in rest.groups] == [g.to_dict() for g in report.groups[2:]]
-    assert seen == rest.groups and rest.extra == {"groups_total": 4, "groups_skipped": 2}
-
-
-# ------------------------------------------------------------------------------------ cheaper estimators
-def test_racing_spends_fewer_dialogues_than_exact(engine, exact) -> None:
-    full = exact[0]
-    racing = run(engine, FAST.model_copy(update={"estimator": "racing"}))
-    # schedule [1, 2, 3], keep half: 4 groups × 1 task, 2 × 1, 1 × 1
-    assert sorted(g.tasks for g in racing.groups) == [1, 1, 2, 3]
-    assert sum(g.dialogues for g in racing.groups) == 7 < sum(g.dialogues for g in full.groups) == 12
-    finalist = max(racing.groups, key=lambda g: g.tasks)
-    assert finalist.influence == full.influences()[finalist.group]  # same probe, same tasks
-    assert agreement(racing.influences(), full.influences()).n == 4
-    assert all(g.first_order is None for g in racing.groups)  # analysis proxy off by default
-    assert racing.probe_steps == 4  # the finalists' adapter states were kept between rounds
-
-
-def test_racing_without_state_budget_reprobes_with_the_same_results(engine) -> None:
-    kept = run(engine, FAST.model_copy(update={"estimator": "racing"}))
-    reprobed = run(engine, FAST.model_copy(update={"estimator": "racing", "racing_state_budget_mb": 0}))
-    assert [g.to_dict() for g in reprobed.groups] == [g.to_dict() for g in kept.groups]
-    assert reprobed.probe_steps == 4 + 2 + 1 > kept.probe_steps
-
-
-def test_first_order_mode_plays_no_validation_dialogue_per_group(engine, exact) -> None:
-    full = exact[0]
-    pool, held = split_holdout(make_pairs(6, 2), 4, seed=0)
-    report = run(engine, FAST.model_copy(update={"estimator": "first-order"}), pairs=pool, holdout=held)
-    assert report.dialogues == V and all(g.dialogues == 0 and g.score_after is None for g in report.groups)
-    assert all(g.influence == g.first_order for g in report.groups)
-    assert len({g.first_order for g in full.groups}) == 4  # the exact run carries it for comparison
-    assert all(g.loss_proxy is not None for g in report.groups)
-    assert len({g.loss_proxy for g in report.groups}) == len(report.groups)
-    assert report.proxy_agreement()["loss_proxy"].n == len(report.groups)
-    with pytest.raises(DitsError, match="held-out"):
-        run(engine, pairs=pool, holdout=pool[:1])
-
-
-# ------------------------------------------------------------------------------------ calibration
-@pytest.fixture
-def harness(engine):
+# ------------------------------------------------------------------------------------ the session
+def test_session_measures_sft_and_theta_and_never_probes_its_warm_up_trees(opened) -> None:
+    record = opened.record
+    assert record.sft_score is not None and len(record.base_scores) == V
+    assert record.warmup_trees and record.calibration_groups == []  # a fixed step: nothing calibrated
     pairs = make_pairs()
-    prober = Prober(engine, pairs, DPO, policy=POLICY, seed=0)
-    prober.warm_up([p.id for p in pairs], 2, 1e-2, 2)
-    yield Harness(prober, make_system(), validation()[:V], seed=0)
-    prober.close()
+    warm = [p for p in pairs if p.tree_id in record.warmup_trees]
+    assert warm and all(not opened.probed(p) for p in warm)
+    probed_ids = {i for g in opened.groups(pairs) for i in g.pair_ids}
+    assert probed_ids.isdisjoint(p.id for p in warm) and probed_ids
 
 
-def test_calibration_picks_the_smallest_lr_that_changes_enough(harness) -> None:
-    groups = make_groups([p.id for p in make_pairs()], 2, seed=0)
-    cfg = FAST.model_copy(update={"probe_lr_grid": [0.3, 1e-7, 0.05], "target_change_fraction": 0.3})
-    lr, rows, note = calibrate(harness, groups, cfg, n_groups=2, max_score_drop=1.0)
-    assert [r.lr for r in rows] == [1e-7, 0.05] and lr == 0.05  # ascending; stops at the first hit
-    assert rows[0].change_fraction == 0.0 and rows[1].change_fraction >= 0.3
-    assert rows[1].groups == 2 and rows[1].score_delta == pytest.approx(
-        rows[1].mean_score - harness.base_score
+def test_a_saved_session_reopens_exactly(own_engine, tmp_path) -> None:
+    folder = tmp_path / "s"
+    first = session(own_engine, folder)
+    record, results = first.record, first.calibration_results
+    theta = first.prober.state()
+    first.close()
+    again = session(own_engine, folder)
+    try:
+        assert again.record == record and again.harness.base_scores == record.base_scores
+        assert all((again.prober.state()[k] == v).all() for k, v in theta.items())
+        groups = again.groups(make_pairs())
+        cal = [g for g in groups if g.id in record.calibration_groups]
+        by_group = {g.group: g for g in again.measure(cal, FAST)}
+        for result in results:
+            assert by_group[result.group].influence is not None
+    finally:
+        again.close()
+
+
+def test_calibration_climbs_past_steps_that_separate_nothing(own_engine, tmp_path) -> None:
+    cfg = FAST.model_copy(update={"probe_lr": "auto", "probe_lr_grid": [1e-9, 0.02], "max_score_drop": 1.0})
+    s = session(own_engine, tmp_path / "c", cfg)
+    try:
+        rows = s.record.calibration
+        assert [r.lr for r in rows] == [1e-9, 0.02]
+        assert rows[0].distinct_scores == 1 and rows[0].change_fraction == 0.0  # the tiny step changes nothing
+        assert rows[1].distinct_scores > 1 and s.record.lr == 0.02
+        assert len(s.calibration_results) == V * len(s.record.calibration_groups)  # reused as estimates
+    finally:
+        s.close()
+    strict = cfg.model_copy(update={"max_score_drop": -1.0})  # no step is acceptable
+    s = session(own_engine, tmp_path / "d", strict)
+    try:
+        assert s.record.lr == 1e-9 and "every step lowered" in s.record.calibration_note
+        assert [r.lr for r in s.record.calibration] == [1e-9]  # no use climbing further
+    finally:
+        s.close()
+
+
+def test_calibration_on_a_larger_pool_keeps_the_tasks_probes_moved(own_engine, tmp_path) -> None:
+    cfg = FAST.model_copy(
+        update={"probe_lr": "auto", "probe_lr_grid": [0.02], "max_score_drop": 1.0, "validation_pool": 6}
     )
-    assert note.startswith("smallest lr")
-    # unreachable target: the most-changing lr within the tolerance; no lr within it: the least harmful
-    tiny = cfg.model_copy(update={"probe_lr_grid": [1e-6, 1e-7]})
-    lr, rows, note = calibrate(harness, groups, tiny, n_groups=2, max_score_drop=1.0)
-    assert (len(rows), lr, rows[0].change_fraction) == (2, 1e-7, 0.0) and "most-changing" in note
-    assert "WARNING" in note  # such steps move nothing: every group would tie
-    lr, _, note = calibrate(harness, groups, cfg, n_groups=1, max_score_drop=-1.0)
-    assert "least harmful" in note
+    s = session(own_engine, tmp_path / "p", cfg, pool=validation(6))
+    try:
+        record = s.record
+        assert record.pool_size == 6 and len(record.validation_ids) == V
+        assert record.moved_tasks >= 1
+        moved_first = min(record.moved_tasks, V)
+        pool_ids = [t.id for t in validation(6)]
+        assert len(set(record.validation_ids) & set(pool_ids)) == V and moved_first >= 1
+        assert all(r.unit < V for r in s.calibration_results)  # renumbered onto the kept tasks
+    finally:
+        s.close()
 
 
-def test_estimate_calibrates_when_asked(engine) -> None:
-    cfg = FAST.model_copy(update={"probe_lr": "auto", "probe_lr_grid": [1e-7, 0.05]})
-    report = run(engine, cfg, pairs=make_pairs(2, 2))
-    assert report.lr in (1e-7, 0.05) and report.calibration[0].change_fraction == 0.0
-    assert report.calibration_note and report.calibration[0].groups == 2
+# ------------------------------------------------------------------------------------ estimators
+def test_exact_influence_is_the_metric_delta_on_all_units(opened, exact) -> None:
+    base = opened.record.base_scores
+    assert len(exact) >= 2
+    for group in exact:
+        assert group.influence == pytest.approx(group.score_after - sum(base) / V)
+        assert (group.tasks, group.dialogues) == (V, V)
+    assert any(g.changed for g in exact) and len({g.influence for g in exact}) > 1  # probes really matter
+    assert all(g.first_order is not None for g in exact)
+
+
+def test_batched_adapters_and_drafts_do_not_change_influence(opened, exact) -> None:
+    groups = opened.groups(make_pairs())
+    single = opened.measure(groups, FAST.model_copy(update={"adapters_per_batch": 1}))
+    assert [g.to_dict() for g in single] == [g.to_dict() for g in exact]
+    opened.harness.drafts = False
+    try:
+        decoded = opened.measure(groups, FAST)
+    finally:
+        opened.harness.drafts = True
+    assert [g.to_dict() for g in decoded] == [g.to_dict() for g in exact]
+
+
+def test_resume_plays_no_unit_twice(opened, exact) -> None:
+    groups = opened.groups(make_pairs())
+    seen: list[UnitResult] = []
+    full = opened.measure(groups, FAST, on_unit=seen.append)
+    before, half = opened.harness.dialogues, len(seen) // 2
+    resumed = opened.measure(groups, FAST, measured=seen[:half])
+    assert [g.to_dict() for g in resumed] == [g.to_dict() for g in full]
+    assert opened.harness.dialogues - before == len(seen) - half  # only the units not measured before
+
+
+def test_racing_is_tie_aware_exact_on_resume_and_never_ranks_the_eliminated_first(opened) -> None:
+    cfg = FAST.model_copy(update={"estimator": "racing", "racing_keep_fraction": 0.5})
+    groups = opened.groups(make_pairs(6, 2))
+    seen: list[UnitResult] = []
+    raced = opened.measure(groups, cfg, on_unit=seen.append)
+    out = [g for g in raced if g.eliminated_after is not None]
+    kept = [g for g in raced if g.eliminated_after is None]
+    assert kept and all(g.tasks == V for g in kept)
+    for loser in out:
+        assert loser.tasks == loser.eliminated_after < V
+        assert loser.influence <= min(g.influence for g in kept)  # the race's verdict holds in the values
+    again = opened.measure(groups, cfg, measured=seen[:3])
+    assert [g.to_dict() for g in again] == [g.to_dict() for g in raced]
+
+
+def test_first_order_mode_plays_no_validation_dialogue_per_group(opened, exact) -> None:
+    before = opened.harness.dialogues
+    first = opened.measure(opened.groups(make_pairs()), FAST.model_copy(update={"estimator": "first-order"}))
+    assert opened.harness.dialogues == before
+    assert [g.influence for g in first] == [g.first_order for g in exact]
+
+
+def test_central_difference_and_sampled_units(own_engine, tmp_path) -> None:
+    cfg = FAST.model_copy(update={"difference": "central", "validation_samples": 2})
+    s = session(own_engine, tmp_path / "central", cfg)
+    try:
+        assert len(s.harness.units) == 2 * V
+        groups = s.groups(make_pairs())[:2]
+        results = s.measure(groups, cfg)
+        for group in results:
+            assert group.tasks == 2 * V and group.dialogues == 4 * V  # both sides of every unit
+        s.harness.drafts = False
+        assert [g.to_dict() for g in s.measure(groups, cfg)] == [g.to_dict() for g in results]
+    finally:
+        s.close()
+
+
+def test_measuring_on_other_tasks_keeps_theta_and_the_step(opened) -> None:
+    other = opened.on_tasks(validation(6)[3:], FAST)
+    groups: list[Group] = opened.groups(make_pairs())[:2]
+    results = opened.measure(groups, FAST, harness=other)
+    assert all(g.tasks == 3 for g in results)

@@ -104,5 +104,5 @@ def make_pairs(trees: int = 4, per_tree: int = 2) -> list[PreferencePair]:
     return pairs
 
 
-def validation() -> list[TaskInstance]:
-    return list(HashTask().instances("validation"))
+def validation(n: int = 6) -> list[TaskInstance]:
+    return list(HashTask().instances("validation"))[:n]

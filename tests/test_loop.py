@@ -164,7 +164,8 @@ DITS_SMALL = [
 
 
 def test_dits_runs_with_influence_selection_and_guided_search(tmp_path, tiny_model) -> None:
-    cfg = config(tmp_path, tiny_model, "dits", *DITS_SMALL, "search.guidance=influence", "search.rounds=2")
+    cfg = config(tmp_path, tiny_model, "dits", *DITS_SMALL, "influence.warmup_fraction=0.3")
+    assert cfg.guided_search and cfg.search_rounds == 2  # the default for dits
     results = run(cfg)
     assert set(results) == {"base", "iter_0"}
     stages = json.loads((cfg.run_dir / "manifest.json").read_text())["stages"]
@@ -186,6 +187,54 @@ def test_dits_runs_with_influence_selection_and_guided_search(tmp_path, tiny_mod
     trees = [json.loads(line) for line in (cfg.run_dir / "iter_0" / "trees.jsonl").read_text().splitlines()]
     probed_nodes = [n for t in trees for n in t["nodes"] if n.get("influence") is not None]
     assert probed_nodes  # round-0 probes were written onto their branch nodes before round 1
+    # one θ*, one step size, one F(θ*) for the whole iteration
+    reports = [
+        json.loads((cfg.run_dir / "iter_0" / f).read_text())
+        for f in ("influence_round_0_report.json", "influence_report.json")
+    ]
+    assert len({(r["lr"], r["base_score"], tuple(r["validation_ids"])) for r in reports}) == 1
+    session = json.loads((cfg.run_dir / "iter_0" / "influence_session.json").read_text())
+    assert session["sft_score"] is not None and (cfg.run_dir / "iter_0" / "theta_star.pt").exists()
+    warm = set(session["warmup_trees"])
+    assert warm and not any(p.split("/")[0] in warm for g in groups for p in g["pair_ids"])  # never probed
+    summary = stages["iter_0/selected"]["summary"]
+    assert summary["unprobed_with_mean_influence"] >= 1 and summary["probed"] + summary[
+        "unprobed_with_mean_influence"
+    ] == len(pairs)
+
+
+def test_a_killed_racing_influence_stage_resumes_to_the_same_estimates(
+    tmp_path, tiny_model, monkeypatch
+) -> None:
+    from dits.influence.estimator import Harness
+
+    racing = [
+        *DITS_SMALL,
+        "influence.estimator=racing",
+        "influence.validation_tasks=4",
+        "influence.racing_initial_tasks=1",
+        "search.guidance=q",
+    ]
+    reference = config(tmp_path / "a", tiny_model, "dits", *racing)
+    run(reference)
+    resumed = config(tmp_path / "b", tiny_model, "dits", *racing)
+    play = Harness._play_states
+    calls = iter(range(10**6))
+
+    def crash_after_two(self, states, units):  # killed in the middle of the race
+        if next(calls) == 2:
+            raise Crash
+        return play(self, states, units)
+
+    monkeypatch.setattr(Harness, "_play_states", crash_after_two)
+    with pytest.raises(Crash):
+        run(resumed)
+    monkeypatch.setattr(Harness, "_play_states", play)
+    run(resumed)
+    for name in ("influence.jsonl", "selected.jsonl", "pairs.jsonl"):
+        assert (resumed.run_dir / "iter_0" / name).read_text() == (
+            reference.run_dir / "iter_0" / name
+        ).read_text(), name
 
 
 def test_full_fine_tuning_serves_the_new_model_and_scores_readability_with_the_initial_one(

@@ -128,16 +128,19 @@ class SearchConfig(Section):
         description="T_norm of the search reward: this percentile of sampled dialogue lengths",
     )
     token_budget_tasks: int = Field(16, ge=1, description="tasks sampled (one dialogue each) to set T_norm")
-    guidance: Literal["q", "influence"] = Field(
-        "q", description="node priority: q (Optima) or influence (Q + influence_weight · influence; DITS)"
+    guidance: Literal["auto", "q", "influence"] = Field(
+        "auto",
+        description="node priority: q (Optima) or influence (Q + influence_weight · influence; DITS); "
+        "auto: influence for method dits and dits-dpo, q otherwise",
     )
     influence_weight: float = Field(
-        1.0, description="weight of the normalised influence in the node priority (guidance: influence)"
+        1.0, description="weight of the normalised influence in the node priority (guided search)"
     )
-    rounds: int = Field(
-        1,
+    rounds: int | None = Field(
+        None,
         ge=1,
-        description="guidance influence: the expansions come in this many rounds, probed between rounds",
+        description="guided search: the expansions are split evenly over this many rounds, the pairs found "
+        "so far probed between rounds; null: 2 when guided, 1 otherwise",
     )
 
 
@@ -195,12 +198,35 @@ class InfluenceConfig(Section):
     validation_tasks: int = Field(
         16, ge=1, description="V, validation tasks per influence estimate (paper: 20)"
     )
+    validation_pool: int = Field(
+        0,
+        ge=0,
+        description="extension: > V draws this many validation tasks and keeps the V that calibration "
+        "probes moved; 0: the first V",
+    )
+    validation_samples: int = Field(
+        1, ge=1, description="dialogues per validation task: 1 greedy (paper), K > 1 sampled with shared seeds"
+    )
+    validation_temperature: float = Field(
+        0.7, gt=0, description="temperature of the sampled validation dialogues (validation_samples > 1)"
+    )
+    difference: Literal["forward", "central"] = Field(
+        "forward",
+        description="forward: F(θ*+Δ) − F(θ*) (paper); central: [F(θ*+Δ) − F(θ*−Δ)] / 2 (twice the dialogues)",
+    )
     group_size: int = Field(5, ge=1, description="pairs per probe step (paper: 5)")
     warmup_steps: int = Field(
         10, ge=0, description="DPO steps warming up θ* on the candidate pool (paper: 50)"
     )
-    warmup_lr: float = Field(5e-4, description="learning rate of the θ* warm-up (paper: 5e-5)")
+    warmup_lr: float = Field(5e-4, gt=0, description="learning rate of the θ* warm-up (paper: 5e-5)")
     warmup_batch_size: int = Field(4, ge=1, description="pairs per warm-up step (paper: 8)")
+    warmup_fraction: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="fraction of the candidates (whole trees) θ* warms up on and that are not probed; "
+        "0: warm up on the whole pool (reference code)",
+    )
     probe_optimizer: Literal["adam", "sgd"] = Field(
         "adam", description="the probe step: adam (one fresh AdamW step, sign-like) or sgd"
     )
@@ -208,14 +234,17 @@ class InfluenceConfig(Section):
         "auto", description="learning rate of the probe step; auto: calibrated on probe_lr_grid"
     )
     probe_lr_grid: list[float] = Field(
-        default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+        default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
+        min_length=1,
         description="calibration: the learning rates tried, ascending",
     )
-    target_change_fraction: float = Field(
-        0.25,
-        gt=0,
-        lt=1,
-        description="calibration: the smallest lr that changes this fraction of dialogues wins",
+    calibration_groups: int = Field(
+        6, ge=2, description="calibration: groups probed at every step size tried"
+    )
+    max_score_drop: float = Field(
+        0.1,
+        ge=0,
+        description="calibration: a step size may lower the mean validation score by at most this",
     )
     estimator: Literal["exact", "racing", "first-order"] = Field(
         "exact", description="exact, racing (successive halving) or first-order (no generation per group)"
@@ -291,6 +320,12 @@ class RunConfig(Section):
         "isft-dpo", description="isft, idpo, isft-dpo, dits (isft-dpo + influence selection) or dits-dpo"
     )
     seed: int = Field(0, description="every random choice derives from it")
+    replicate: int = Field(
+        0,
+        ge=0,
+        description="replicate index: varies the seeds of the stages after SFT (search, influence, "
+        "selection, DPO) but not the SFT model or the tasks, so replicates of an ablation are paired",
+    )
     model: str = Field("smollm2-135m", description="base model: built-in name, model folder or hub id")
     runs_dir: str = Field("runs", description="folder of the run directories")
     task: TaskConfig = Field(default_factory=TaskConfig, description="the task and its data")
@@ -326,7 +361,30 @@ class RunConfig(Section):
     def _check(self) -> RunConfig:
         if self.search.guidance == "influence" and self.method not in ("dits", "dits-dpo"):
             raise ValueError("search.guidance=influence needs method dits or dits-dpo")
+        if self.guided_search and self.search_rounds < 2:
+            raise ValueError(
+                "an influence-guided search needs search.rounds >= 2 (one round's pairs steer the next); "
+                "set search.rounds or search.guidance=q"
+            )
+        if not self.guided_search and self.search_rounds > 1:
+            raise ValueError("search.rounds > 1 only splits an influence-guided search; it does nothing here")
+        if self.search_rounds > self.search.expansions:
+            raise ValueError(f"search.rounds={self.search_rounds} exceeds search.expansions={self.search.expansions}")
         return self
+
+    @property
+    def guided_search(self) -> bool:
+        """Whether the tree search is steered by influence (DITS) rather than Q alone (Optima)."""
+        if self.search.guidance == "auto":
+            return self.method in ("dits", "dits-dpo")
+        return self.search.guidance == "influence"
+
+    @property
+    def search_rounds(self) -> int:
+        """Rounds of the tree search (``search.rounds``, or 2 when guided and 1 otherwise)."""
+        if self.search.rounds is not None:
+            return self.search.rounds
+        return 2 if self.guided_search else 1
 
     @property
     def run_dir(self) -> Path:
@@ -373,6 +431,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for key, value in parse_overrides(overrides or []):
         _set_dotted(data, key, value)
     return validate_config(data, source)
+
+
+def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """``cfg`` with dotted ``key=value`` overrides applied (validated again)."""
+    data = cfg.model_dump(mode="json")
+    for key, value in parse_overrides(overrides):
+        _set_dotted(data, key, value)
+    return validate_config(data, "overrides")
 
 
 def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:

@@ -51,6 +51,8 @@ class StageContext:
         self._engine = engine
         self._served_model = cfg.model  # what the engine serves as SERVED
         self._cursor = 0
+        self.live: dict[str, Any] = {}
+        """Objects built once per process and shared by several stages (e.g. an iteration's θ*)."""
 
     # ------------------------------------------------------------------ engine
     @property
@@ -100,6 +102,11 @@ class StageContext:
 
     def train_seed(self, *parts: object) -> int:
         return self.run.train_seed(*parts)
+
+    def replica_seed(self, *parts: object) -> int:
+        """Seeds of the stages after SFT (search, influence, selection, DPO): they change with
+        ``replicate``, the SFT model and the tasks do not."""
+        return self.run.replica_seed(*parts)
 
     # ------------------------------------------------------------------ tasks
     def train_tasks(self, stage: str, count: int) -> list[TaskInstance]:

@@ -9,6 +9,7 @@ the DITS run takes those stages from the Optima run instead of recomputing them.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,21 +30,11 @@ QUICK = [
     "influence.validation_tasks=8",
     "influence.warmup_steps=4",
 ]
-SHARED_STAGES = (
-    "eval/base",
-    "iter_0/samples",
-    "iter_0/sft",
-    "iter_0/token_budget",
-    "iter_0/trees",
-    "iter_0/pairs",
-)
-SHARED_FILES = (
-    "iter_0/sft_samples.jsonl",
-    "iter_0/sft",
-    "iter_0/trees.jsonl",
-    "iter_0/pairs.jsonl",
-    "eval/base.json",
-)
+SHARED_STAGES = ("eval/base", "iter_0/samples", "iter_0/sft", "iter_0/token_budget")
+SHARED_FILES = ("iter_0/sft_samples.jsonl", "iter_0/sft", "eval/base.json")
+SHARED_SEARCH_STAGES = ("iter_0/trees", "iter_0/pairs")
+SHARED_SEARCH_FILES = ("iter_0/trees.jsonl", "iter_0/pairs.jsonl")
+"""Also shared when the DITS run's search is Q-guided like Optima's (``search.guidance=q``)."""
 
 
 def demo_config_path() -> Path:
@@ -61,15 +52,18 @@ def demo_configs(quick: bool, runs_dir: str, overrides: list[str]) -> tuple[RunC
     )
 
 
-def share_stages(source: RunConfig, target: RunConfig) -> None:
-    """Copy the stages both runs compute identically from ``source`` into ``target`` (once)."""
+def share_stages(
+    source: RunConfig, target: RunConfig, stages: Sequence[str], files: Sequence[str]
+) -> None:
+    """Copy ``stages`` (their manifest entries and ``files``) that ``target`` would compute exactly as
+    ``source`` did from ``source``'s run directory into ``target``'s (once)."""
     src, dst = RunStore(source.run_dir), RunStore(target.run_dir)
-    for relative in SHARED_FILES:
+    for relative in files:
         origin, copy = source.run_dir / relative, target.run_dir / relative
         if origin.exists() and not copy.exists():
             copy.parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if origin.is_dir() else shutil.copy2)(origin, copy)
-    for stage in SHARED_STAGES:
+    for stage in stages:
         if src.is_done(stage) and not dst.is_done(stage):
             summary = src.summary(stage)
             summary["shared_from"] = source.name
@@ -78,14 +72,28 @@ def share_stages(source: RunConfig, target: RunConfig) -> None:
             dst.mark_done(stage, summary)
 
 
+def share_demo_stages(optima: RunConfig, dits: RunConfig) -> None:
+    """What the DITS run of the demo computes exactly as the Optima run: everything up to the search,
+    and the search too when the DITS run's search is not influence-guided."""
+    guided = dits.guided_search
+    share_stages(
+        optima,
+        dits,
+        [*SHARED_STAGES, *(() if guided else SHARED_SEARCH_STAGES)],
+        [*SHARED_FILES, *(() if guided else SHARED_SEARCH_FILES)],
+    )
+
+
 def budget_row(cfg: RunConfig) -> dict[str, Any]:
-    """Tokens generated per kind of work, probe steps and wall time of a finished run."""
+    """Tokens generated per kind of work, probed groups (distinct values, ties) and wall time of a run."""
     stages = RunStore(cfg.run_dir).stages()
     totals = {
         "synthesis_tokens": 0,
         "influence_tokens": 0,
         "eval_tokens": 0,
-        "probe_steps": 0,
+        "groups": 0,
+        "distinct": None,
+        "ties": None,
         "wall_time": 0.0,
     }
     for key, stage in stages.items():
@@ -99,7 +107,10 @@ def budget_row(cfg: RunConfig) -> dict[str, Any]:
             else "synthesis_tokens"
         )
         totals[kind] += tokens
-        totals["probe_steps"] += summary.get("probe_steps", 0) or 0
+        if "/influence" in key:
+            totals["groups"] += summary.get("groups", 0) or 0
+        if key.endswith("/selected"):
+            totals["distinct"], totals["ties"] = summary.get("distinct_values"), summary.get("tie_fraction")
         if "shared_from" not in summary:
             totals["wall_time"] += summary.get("wall_time", 0.0) or 0.0
     return totals
@@ -110,8 +121,7 @@ def run_demo(quick: bool = False, runs_dir: str = "runs", overrides: list[str] |
     optima, dits = demo_configs(quick, runs_dir, overrides or [])
     engine = make_engine(optima.engine, optima.model)
     results = {"optima": run(optima, engine)}
-    if dits.search.guidance == "q":
-        share_stages(optima, dits)
+    share_demo_stages(optima, dits)
     results["dits"] = run(dits, engine)
     root = optima.run_dir.parent
     print_table(results, {"optima": budget_row(optima), "dits": budget_row(dits)})
@@ -127,22 +137,28 @@ def print_table(results: dict[str, dict[str, Any]], budgets: dict[str, dict[str,
     table = Table(
         title="dits demo (iSFT-DPO): test score, mean tokens per dialogue, budget",
         caption="synth tok / infl tok: tokens generated for synthesis / influence validation dialogues; "
-        "probes: probe steps; wall s: the run's own stages",
+        "groups: probed groups of pairs (distinct influence values, fraction tied); wall s: the run's own "
+        "stages",
     )
-    for column in ("method", "model", "score", "tokens", "synth tok", "infl tok", "probes", "wall s"):
+    for column in ("method", "model", "score", "tokens", "synth tok", "infl tok", "groups", "wall s"):
         table.add_column(column)
     for method, evals in results.items():
         budget = budgets[method]
         for label, summary in evals.items():
             final = label == list(evals)[-1]
+            groups = (
+                f"{budget['groups']} ({budget['distinct']}, {budget['ties']:.0%})"
+                if final and budget["groups"] and budget["ties"] is not None
+                else ""
+            )
             table.add_row(
                 "Optima" if method == "optima" else "DITS",
                 label,
                 f"{summary['score']:.3f}",
                 f"{summary['mean_tokens']:.1f}",
-                str(budget["synthesis_tokens"]) if final else "",
-                str(budget["influence_tokens"]) if final else "",
-                str(budget["probe_steps"]) if final else "",
+                f"{budget['synthesis_tokens']:,}" if final else "",
+                f"{budget['influence_tokens']:,}" if final else "",
+                groups,
                 f"{budget['wall_time']:.0f}" if final else "",
             )
     console.print(table)

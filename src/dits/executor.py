@@ -60,6 +60,12 @@ class Run:
         """A seed for trainers (numpy and HF accept only 32-bit seeds)."""
         return self.seed(*parts) % 2**31
 
+    def replica_seed(self, *parts: object) -> int:
+        """The seed of a choice that replicates vary (``replicate``; the same as `seed` for replicate 0)."""
+        if self.cfg.replicate == 0:
+            return self.seed(*parts)
+        return self.seed("replicate", self.cfg.replicate, *parts)
+
     def stage(self, key: str, work: StageWork, *, tokens: Callable[[], int] = lambda: 0) -> dict[str, Any]:
         """Run ``work`` unless stage ``key`` is done; return its summary, recorded with the tokens
         generated (``tokens()`` after minus before), wall time and peak memory."""

@@ -1,28 +1,24 @@
-"""DITS influence of groups of preference pairs: the validation metric after one step from θ*.
+"""Influence of groups of preference pairs: the validation metric after one step from θ*.
 
-`estimate` runs the whole stage: θ* (`Prober.warm_up`), F(θ*) = mean task metric of θ*'s greedy
-dialogues on the V validation instances (measured once), the probe step size (fixed or calibrated,
-`calibrate`), then one of three estimators over groups of ``cfg.group_size`` pairs:
+The *validation units* are the V validation tasks × K dialogues per task (K = 1: greedy; K > 1: sampled
+with the same seeds under every adapter, so the probes differ only by their weights). `Harness` holds
+θ*'s dialogue of every unit (F(θ*) = their mean score) and measures probes against them; a probe's
+dialogues are played with θ*'s as drafts, so a unit whose dialogue the step does not change costs one
+verifying forward pass instead of token-by-token decoding.
 
-* ``exact``: I(g) = F(θ* + step_g) − F(θ*) on all V tasks. Groups are probed ``cfg.adapters_per_batch``
-  at a time; their states become adapters of the engine and all K × V greedy dialogues run in the same
-  waves (mixed-adapter batches), then the adapters are removed.
-* ``racing``: successive halving — every group on the first ``cfg.racing_initial_tasks`` tasks, keep the
-  top ``cfg.racing_keep_fraction``, double the tasks, … until V. A group eliminated after n tasks keeps
-  its partial estimate, mean score on the first n tasks minus θ*'s mean on the same n tasks.
-  The adapter states of the groups still racing are kept for the next round while they fit in
-  ``cfg.racing_state_budget_mb``; a group beyond it is probed again (probes are deterministic, so the
-  result is the same, only slower).
-* ``first-order``: no validation generation per group. I(g) ≈ ⟨∇_θ (1/V) Σ_d F(d) log p_θ*(d), Δθ_g⟩:
-  the first-order change, under the exact probe step Δθ_g, of the log-likelihood of θ*'s own validation
-  dialogues weighted by their score (teacher-forced, each agent's own turns in its own view; a dialogue
-  θ* solves counts fully, a failed one not at all). With ``estimate(first_order=True)`` the exact and
-  racing modes record it too (``GroupInfluence.first_order``), and `InfluenceReport.proxy_agreement`
-  measures how well it ranks groups like the exact value.
+`run_groups` measures groups on a schedule of unit counts:
 
-Also per group, for analysis only, the DPO-loss proxy: DPO loss on held-out pairs after − before the
-step. Held-out pairs must not be in the scored pool; `split_holdout` sets aside whole trees, so they share
-no instance with it (the reference repository used the last 10 % of its pair file the same way).
+* ``[U]`` — exact: every group on all U units;
+* `racing_schedule` — successive halving: all groups on the first units, the top ``keep_fraction`` (and
+  every group tied with the last of them) go on to twice as many units, … until U. Groups are compared
+  only on the units they all played. A group eliminated after a round keeps its estimate, capped by the
+  lowest final value of the groups that beat it there, so it never outranks them;
+* ``[0]`` — first-order: no validation dialogue per group (see `Harness.probe`).
+
+Every (group, unit) measurement is handed to ``on_unit`` as it is made and can be handed back through
+``measured`` when a killed stage resumes: nothing is played twice and racing makes the same decisions
+as an uninterrupted run. With ``central`` the influence is the central difference
+[F(θ* + step) − F(θ* − step)] / 2, where θ* − step is the step reflected through θ*.
 """
 
 from __future__ import annotations
@@ -30,31 +26,24 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from statistics import fmean
+from typing import Any
 
 import numpy as np
 import torch
 
-from dits.config import InfluenceConfig, LoraSettings, TrainConfig
-from dits.engines.base import AdapterWeights, Engine, SamplingParams
+from dits.engines.base import AdapterWeights, SamplingParams
 from dits.engines.batching import run_programs
-from dits.errors import DitsError
 from dits.influence.probe import MaskedSequence, Optimizer, Prober
-from dits.influence.report import CalibrationRow, GroupInfluence, InfluenceReport
+from dits.influence.report import GroupInfluence
 from dits.mas.dialogue import Dialogue, TwoAgentSystem
 from dits.search.pairs import PreferencePair
 from dits.tasks.base import TaskInstance
 from dits.train.records import sft_rows, tokenize_sft
 from dits.utils import derive_seed
-
-GREEDY = SamplingParams()
-MAX_SCORE_DROP = 0.1
-"""Calibration: a step size may lower the probes' mean validation score by at most this (metric units)."""
-CALIBRATION_GROUPS = 4
 
 
 @dataclass(frozen=True)
@@ -80,13 +69,14 @@ def make_groups(pair_ids: Sequence[str], size: int, seed: int) -> list[Group]:
     return groups
 
 
-def split_holdout(
-    pairs: Sequence[PreferencePair], count: int, *, seed: int
+def split_trees(
+    pairs: Sequence[PreferencePair], count: int, *, seed: int, purpose: str = "holdout"
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """``(pool, held_out)``: whole trees, in a seeded order, are held out until ≥ ``count`` pairs."""
+    """``(rest, set_aside)``: whole trees, in an order seeded by ``seed`` and ``purpose``, are set aside
+    until ≥ ``count`` pairs (the held-out pairs of the loss proxy, the warm-up pairs of θ*)."""
     sizes = Counter(p.tree_id for p in pairs)
     trees = sorted(sizes)
-    random.Random(derive_seed(seed, "holdout")).shuffle(trees)
+    random.Random(derive_seed(seed, purpose)).shuffle(trees)
     held: set[str] = set()
     for tree in trees:
         if sum(sizes[t] for t in held) >= count:
@@ -96,15 +86,28 @@ def split_holdout(
 
 
 def racing_schedule(initial: int, total: int) -> list[int]:
-    """Numbers of validation tasks per racing round: initial, 2·initial, … capped at ``total``."""
+    """Numbers of validation units per racing round: initial, 2·initial, … capped at ``total``."""
     stops = [min(initial, total)]
     while stops[-1] < total:
         stops.append(min(2 * stops[-1], total))
     return stops
 
 
+def unit_seed(seed: int, task: TaskInstance, sample: int, samples: int) -> int:
+    """The seed of one validation dialogue (the same under every adapter)."""
+    if samples == 1:
+        return derive_seed(seed, "validation", task.id)
+    return derive_seed(seed, "validation", task.id, sample)
+
+
 def _signature(dialogue: Dialogue) -> tuple[str | None, tuple[str, ...]]:
     return dialogue.final_answer, tuple(t.text for t in dialogue.turns)
+
+
+def dialogue_digest(*dialogues: Dialogue | None) -> str:
+    """A short digest of dialogues' texts and final answers."""
+    signatures = [_signature(d) for d in dialogues if d is not None]
+    return hashlib.blake2b(repr(signatures).encode(), digest_size=6).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -118,18 +121,46 @@ class ProbeMeasures:
 
 @dataclass
 class Probed:
-    """One probe: the adapter state after the step and its measures."""
+    """One probe: the adapter state after the step (and its reflection through θ*) and its measures."""
 
     state: dict[str, torch.Tensor]
     measures: ProbeMeasures
+    reflected: dict[str, torch.Tensor] | None = None
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state.values())
+        states = [self.state, *([self.reflected] if self.reflected else [])]
+        return sum(t.numel() * t.element_size() for s in states for t in s.values())
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """One group's dialogue of one validation unit (both sides with a central difference); ``digest``
+    identifies the dialogue's text, so that two runs can be checked to have played the same."""
+
+    group: str
+    unit: int
+    score: float
+    changed: bool
+    tokens: int
+    reflected_score: float | None = None
+    digest: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UnitResult:
+        return cls(**data)
 
 
 class Harness:
-    """θ*'s greedy validation dialogues (F(θ*), measured once) and probes measured against them."""
+    """θ*'s dialogue of every validation unit (F(θ*), measured once) and probes measured against them.
+
+    ``samples`` dialogues per task: one greedy (1), or that many sampled at ``temperature`` with seeds
+    shared by every adapter. ``drafts``: probes replay θ*'s dialogues as drafts (same results, cheaper).
+    ``central``: every probe also plays the step reflected through θ* (a central difference).
+    """
 
     def __init__(
         self,
@@ -138,146 +169,229 @@ class Harness:
         tasks: Sequence[TaskInstance],
         *,
         seed: int,
+        samples: int = 1,
+        temperature: float = 0.7,
         holdout: Sequence[str] = (),
         first_order: bool = True,
         drafts: bool = True,
+        central: bool = False,
     ) -> None:
         self.prober, self.system, self.tasks, self.seed = prober, system, list(tasks), seed
+        self.samples, self.drafts, self.central, self.first_order = samples, drafts, central, first_order
+        self.params = self.sampling(samples, temperature)
         self.holdout = list(holdout)
         self.dialogues = self.tokens = 0
-        self.drafts = drafts
         self.base: list[Dialogue] = []
-        (self.base,) = self.play([prober.name], range(len(self.tasks)))
-        self.base_scores = self.scores(self.base, range(len(self.tasks)))
-        self.first_order = first_order
-        self.gradient = self._likelihood_gradient() if first_order else None
+        (self.base,) = self.play([prober.name], self.units)
+        self.base_scores = self.scores(self.base, self.units)
+        self._gradient: dict[str, torch.Tensor] | None = None
         self.holdout_loss = prober.loss(self.holdout) if self.holdout else None
+
+    @staticmethod
+    def sampling(samples: int, temperature: float) -> SamplingParams:
+        """Greedy for one dialogue per task, else sampling at ``temperature``."""
+        return SamplingParams() if samples == 1 else SamplingParams(temperature=temperature)
+
+    def restrict(self, tasks: Sequence[int], results: Sequence[UnitResult]) -> list[UnitResult]:
+        """Keep only the tasks at indices ``tasks`` (θ*'s dialogues of the others are dropped); returns
+        ``results`` of kept units, renumbered."""
+        old_units = [t * self.samples + k for t in tasks for k in range(self.samples)]
+        new_of = {u: i for i, u in enumerate(old_units)}
+        self.tasks = [self.tasks[t] for t in tasks]
+        self.base = [self.base[u] for u in old_units]
+        self.base_scores = [self.base_scores[u] for u in old_units]
+        return [replace(r, unit=new_of[r.unit]) for r in results if r.unit in new_of]
+
+    @property
+    def units(self) -> range:
+        return range(len(self.tasks) * self.samples)
 
     @property
     def base_score(self) -> float:
         return fmean(self.base_scores)
 
-    def play(self, adapters: Sequence[str], tasks: range) -> list[list[Dialogue]]:
-        """Greedy dialogues of ``tasks`` under each adapter, all in the same waves (θ*'s dialogues of the
-        same tasks, once known, serve as drafts: identical results, fewer decoding steps)."""
+    def task_of(self, unit: int) -> TaskInstance:
+        return self.tasks[unit // self.samples]
+
+    def unit_seed(self, unit: int) -> int:
+        """The seed of a unit's dialogue (the same under every adapter)."""
+        return unit_seed(self.seed, self.task_of(unit), unit % self.samples, self.samples)
+
+    def play(self, adapters: Sequence[str], units: Sequence[int]) -> list[list[Dialogue]]:
+        """The dialogues of ``units`` under each adapter, all in the same waves (θ*'s dialogues of the
+        same units, once known, serve as drafts: identical results, fewer decoding steps)."""
         programs = [
             self.system.converse(
-                self.tasks[i],
-                GREEDY,
-                seed=derive_seed(self.seed, "validation", self.tasks[i].id),
+                self.task_of(u),
+                self.params,
+                seed=self.unit_seed(u),
                 adapter=a,
-                reference=self.base[i] if self.base and self.drafts else None,
+                reference=self.base[u] if self.base and self.drafts else None,
             )
             for a in adapters
-            for i in tasks
+            for u in units
         ]
-        instances = [self.tasks[i] for i in tasks]
         flat = run_programs(programs, self.prober.engine)
         self.dialogues += len(flat)
         self.tokens += sum(d.tokens for d in flat)
-        n = len(instances)
+        n = len(units)
         return [flat[i * n : (i + 1) * n] for i in range(len(adapters))]
 
-    def scores(self, dialogues: Sequence[Dialogue], tasks: range) -> list[float]:
-        return [self.system.score(d, self.tasks[i]) for d, i in zip(dialogues, tasks, strict=True)]
+    def scores(self, dialogues: Sequence[Dialogue], units: Sequence[int]) -> list[float]:
+        return [self.system.score(d, self.task_of(u)) for d, u in zip(dialogues, units, strict=True)]
 
-    def changed(self, dialogues: Sequence[Dialogue], tasks: range) -> int:
-        """How many dialogues differ (text or final answer) from θ*'s on the same task."""
-        return sum(_signature(d) != _signature(self.base[i]) for d, i in zip(dialogues, tasks, strict=True))
+    def changed(self, dialogue: Dialogue, unit: int) -> bool:
+        """Whether a dialogue differs (text or final answer) from θ*'s on the same unit."""
+        return _signature(dialogue) != _signature(self.base[unit])
+
+    @property
+    def gradient(self) -> dict[str, torch.Tensor] | None:
+        """∇ at θ* of (1/U) Σ_d F(d) · log p(d) over θ*'s validation dialogues (None if none scores > 0;
+        computed on first use)."""
+        if self._gradient is None and self.first_order:
+            self._gradient = self._likelihood_gradient() or {}
+        return self._gradient or None
 
     def _likelihood_gradient(self) -> dict[str, torch.Tensor] | None:
-        """∇ at θ* of (1/V) Σ_d F(d) · log p(d) over θ*'s validation dialogues (None if none scores > 0)."""
         sequences, weights = [], []
         demonstrate = self.system.rules.demonstration
-        for dialogue, instance, score in zip(self.base, self.tasks, self.base_scores, strict=True):
+        for unit, (dialogue, score) in enumerate(zip(self.base, self.base_scores, strict=True)):
             if score <= 0:
                 continue
-            for row in sft_rows(dialogue, instance, demonstrate=demonstrate):
+            for row in sft_rows(dialogue, self.task_of(unit), demonstrate=demonstrate):
                 tokens = tokenize_sft(row, self.prober.engine.tokenizer, self.prober.dpo.max_length)
                 if tokens is not None:
                     sequences.append(MaskedSequence(tokens["input_ids"], tokens["completion_mask"]))
-                    weights.append(score / len(self.tasks))
+                    weights.append(score / len(self.base))
         return self.prober.gradient(sequences, weights) if sequences else None
 
-    def probe(self, group: Group, lr: float, optimizer: Optimizer) -> Probed:
+    def probe(self, group: Group, lr: float, optimizer: Optimizer, *, reflect: bool = False) -> Probed:
+        """One step from θ* on ``group`` (and, with ``reflect``, the step reflected through θ*)."""
+        gradient = self.gradient  # before the step: it is taken at θ*
         with self.prober.stepped(group.pair_ids, lr, optimizer) as loss:
             proxy = None
             if self.holdout_loss is not None:
                 proxy = self.prober.loss(self.holdout) - self.holdout_loss
             first_order = None
             if self.first_order:
-                first_order = self.prober.delta_dot(self.gradient) if self.gradient else 0.0
-            return Probed(self.prober.state(), ProbeMeasures(loss, proxy, first_order))
+                first_order = self.prober.delta_dot(gradient) if gradient else 0.0
+            state = self.prober.state()
+        reflected = self.prober.reflect(state) if reflect else None
+        return Probed(state, ProbeMeasures(loss, proxy, first_order), reflected)
 
     def measure(
         self,
         groups: Sequence[Group],
         lr: float,
         optimizer: Optimizer,
-        tasks: range,
+        units: Mapping[str, Sequence[int]],
         per_batch: int,
+        *,
         probed_before: Mapping[str, Probed] | None = None,
-    ) -> Iterator[tuple[Group, Probed, list[Dialogue]]]:
-        """Probe ``groups`` ``per_batch`` at a time (reusing ``probed_before[group.id]`` where given: same
-        lr and optimizer); each batch's adapters play ``tasks`` together."""
-        known = probed_before or {}
+    ) -> Iterator[tuple[Group, Probed, list[UnitResult]]]:
+        """Probe ``groups`` ``per_batch`` at a time (reusing ``probed_before[group.id]``: same lr and
+        optimizer); each batch's adapters play their ``units[group.id]`` together."""
+        known, central = probed_before or {}, self.central
         for start in range(0, len(groups), per_batch):
             chunk = groups[start : start + per_batch]
-            probed = [known.get(g.id) or self.probe(g, lr, optimizer) for g in chunk]
-            played = self._play_states([p.state for p in probed], tasks) if tasks else [[] for _ in chunk]
-            yield from zip(chunk, probed, played, strict=True)
+            probed = [known.get(g.id) or self.probe(g, lr, optimizer, reflect=central) for g in chunk]
+            sides = [[p.state for p in probed]]
+            if central:
+                sides.append([p.reflected for p in probed])  # type: ignore[misc]
+            played = [self._play_states(states, [units[g.id] for g in chunk]) for states in sides]
+            for index, (group, probe) in enumerate(zip(chunk, probed, strict=True)):
+                results = []
+                for position, unit in enumerate(units[group.id]):
+                    dialogue = played[0][index][position]
+                    reflected = played[1][index][position] if central else None
+                    results.append(
+                        UnitResult(
+                            group.id,
+                            unit,
+                            self.system.score(dialogue, self.task_of(unit)),
+                            self.changed(dialogue, unit),
+                            dialogue.tokens + (reflected.tokens if reflected else 0),
+                            self.system.score(reflected, self.task_of(unit)) if reflected else None,
+                            dialogue_digest(dialogue, reflected),
+                        )
+                    )
+                yield group, probe, results
 
-    def _play_states(self, states: Sequence[dict[str, torch.Tensor]], tasks: range) -> list[list[Dialogue]]:
+    def _play_states(
+        self, states: Sequence[dict[str, torch.Tensor]], units: Sequence[Sequence[int]]
+    ) -> list[list[Dialogue]]:
+        """The dialogues of each state's units, every state hosted as an adapter, all in the same waves."""
         engine = self.prober.engine
         slots = [f"{self.prober.name}_probe{i}" for i in range(len(states))]
         try:
             for slot, state in zip(slots, states, strict=True):
                 engine.add_adapter(slot, AdapterWeights(self.prober.config, state))
-            return self.play(slots, tasks)
+            programs = [
+                self.system.converse(
+                    self.task_of(u),
+                    self.params,
+                    seed=self.unit_seed(u),
+                    adapter=slot,
+                    reference=self.base[u] if self.drafts else None,
+                )
+                for slot, own in zip(slots, units, strict=True)
+                for u in own
+            ]
+            flat = run_programs(programs, engine)
         finally:
             for slot in slots:
                 if slot in engine.adapters():
                     engine.remove_adapter(slot)
+        self.dialogues += len(flat)
+        self.tokens += sum(d.tokens for d in flat)
+        out, start = [], 0
+        for own in units:
+            out.append(flat[start : start + len(own)])
+            start += len(own)
+        return out
 
 
 @dataclass
-class _Tally:
+class Tally:
     """What has been measured for one group so far (racing accumulates over rounds)."""
 
     group: Group
     probe: ProbeMeasures | None = None
-    scores: list[float] = field(default_factory=list)
-    changed: int = 0
-    tokens: int = 0
+    units: dict[int, UnitResult] = field(default_factory=dict)
 
-    def add(self, harness: Harness, probed: Probed, dialogues: list[Dialogue], tasks: range) -> None:
-        self.probe = self.probe or probed.measures
-        self.scores += harness.scores(dialogues, tasks)
-        self.changed += harness.changed(dialogues, tasks)
-        self.tokens += sum(d.tokens for d in dialogues)
+    def add(self, probed: Probed | None, results: Sequence[UnitResult]) -> None:
+        if probed is not None:
+            self.probe = self.probe or probed.measures
+        self.units.update((r.unit, r) for r in results)
 
-    def influence(self, harness: Harness) -> float:
-        """Mean score minus θ*'s mean on the same tasks; the first-order value when no task was played."""
-        assert self.probe is not None
-        if not self.scores:
-            assert self.probe.first_order is not None
+    def influence(self, harness: Harness, upto: int | None = None) -> float:
+        """Mean change over the units measured (the first ``upto`` of them); the first-order value when
+        no unit was played."""
+        units = sorted(self.units)[:upto]
+        if not units:
+            assert self.probe is not None and self.probe.first_order is not None
             return self.probe.first_order
-        return fmean(self.scores) - fmean(harness.base_scores[: len(self.scores)])
+        results = [self.units[u] for u in units]
+        if results[0].reflected_score is not None:
+            return fmean((r.score - (r.reflected_score or 0.0)) / 2 for r in results)
+        return fmean(r.score - harness.base_scores[r.unit] for r in results)
 
-    def record(self, harness: Harness) -> GroupInfluence:
+    def record(self, harness: Harness, influence: float, eliminated_after: int | None) -> GroupInfluence:
         assert self.probe is not None
+        results = [self.units[u] for u in sorted(self.units)]
         return GroupInfluence(
             group=self.group.id,
             pair_ids=list(self.group.pair_ids),
-            influence=self.influence(harness),
-            score_after=fmean(self.scores) if self.scores else None,
-            tasks=len(self.scores),
-            changed=self.changed,
-            dialogues=len(self.scores),
-            tokens=self.tokens,
+            influence=influence,
+            score_after=fmean(r.score for r in results) if results else None,
+            tasks=len(results),
+            changed=sum(r.changed for r in results),
+            dialogues=len(results) * (2 if results and results[0].reflected_score is not None else 1),
+            tokens=sum(r.tokens for r in results),
             loss=self.probe.loss,
             loss_proxy=self.probe.loss_proxy,
             first_order=self.probe.first_order,
+            eliminated_after=eliminated_after,
         )
 
 
@@ -291,201 +405,51 @@ def run_groups(
     keep_fraction: float,
     per_batch: int,
     state_budget_bytes: int = 0,
-    on_group_done: Callable[[GroupInfluence], None] | None = None,
+    measured: Sequence[UnitResult] = (),
+    on_unit: Callable[[UnitResult], None] | None = None,
 ) -> list[GroupInfluence]:
-    """Probe ``groups`` in rounds: round r plays validation tasks ``[schedule[r-1], schedule[r])``; after
-    every round but the last only the top ``keep_fraction`` (by current estimate) go on. ``[V]`` is the
-    exact estimator, ``[0]`` the first-order one, `racing_schedule` successive halving. Between rounds the
-    adapter states of up to ``state_budget_bytes`` of groups are kept, so that those groups are not probed
-    again. Results come back in group order; ``on_group_done`` sees each group as soon as it is final."""
-    tallies = {g.id: _Tally(g) for g in groups}
-    finished: dict[str, GroupInfluence] = {}
+    """Measure ``groups`` in rounds (module docstring): round r plays units ``[schedule[r-1],
+    schedule[r])`` of the groups still racing; ``[U]`` is the exact estimator, ``[0]`` the first-order
+    one. ``measured``: unit results of an earlier, interrupted run (not played again); ``on_unit`` sees
+    every new one. Between rounds the adapter states of up to ``state_budget_bytes`` of groups are kept,
+    so that those groups are not probed again. Results come back in group order."""
+    tallies = {g.id: Tally(g) for g in groups}
+    for result in measured:
+        if result.group in tallies:
+            tallies[result.group].add(None, [result])
     kept: dict[str, Probed] = {}
-
-    def finish(group: Group) -> None:
-        finished[group.id] = tallies[group.id].record(harness)
-        if on_group_done is not None:
-            on_group_done(finished[group.id])
-
     alive, start = list(groups), 0
+    eliminated: list[tuple[int, list[Group], list[Group]]] = []  # (units, out, survivors) per round
     for round_index, stop in enumerate(schedule):
         last = round_index == len(schedule) - 1
-        tasks = range(start, stop)
-        measured = harness.measure(alive, lr, optimizer, tasks, per_batch, probed_before=kept)
-        kept, held = {}, 0
-        for group, probed, dialogues in measured:
-            tallies[group.id].add(harness, probed, dialogues, tasks)
-            if last:
-                finish(group)
-            elif held + probed.nbytes <= state_budget_bytes:
-                kept[group.id], held = probed, held + probed.nbytes
+        wanted = {g.id: [u for u in range(start, stop) if u not in tallies[g.id].units] for g in alive}
+        todo = [g for g in alive if wanted[g.id] or tallies[g.id].probe is None]
+        held = 0
+        next_kept: dict[str, Probed] = {}
+        for group, probed, results in harness.measure(
+            todo, lr, optimizer, wanted, per_batch, probed_before=kept
+        ):
+            tallies[group.id].add(probed, results)
+            for result in results:
+                if on_unit is not None:
+                    on_unit(result)
+            if not last and held + probed.nbytes <= state_budget_bytes:
+                next_kept[group.id], held = probed, held + probed.nbytes
         if last:
             break
-        ranked = sorted(alive, key=lambda g: -tallies[g.id].influence(harness))
-        survivors = {g.id for g in ranked[: max(1, math.ceil(keep_fraction * len(alive)))]}
-        for group in ranked:
-            if group.id not in survivors:
-                finish(group)
-        kept = {gid: probed for gid, probed in kept.items() if gid in survivors}
-        alive, start = [g for g in alive if g.id in survivors], stop
-    return [finished[g.id] for g in groups]
-
-
-def _accepts(row: CalibrationRow, target: float, max_score_drop: float) -> bool:
-    return row.change_fraction >= target and row.score_delta >= -max_score_drop
-
-
-def choose_lr(rows: Sequence[CalibrationRow], target: float, max_score_drop: float) -> tuple[float, str]:
-    """The calibration rule on rows in ascending lr order: the smallest lr whose probes change ≥ ``target``
-    of the validation dialogues with a mean score drop ≤ ``max_score_drop``; otherwise the most-changing
-    lr within the tolerance; otherwise the least harmful. Returns ``(lr, note)``; the note also warns when
-    no probe moved the metric at all (every group would tie)."""
-    hit = next((r for r in rows if _accepts(r, target, max_score_drop)), None)
-    safe = [r for r in rows if r.score_delta >= -max_score_drop]
-    if hit is not None:
-        best, note = hit, f"smallest lr changing >= {target:.0%} of dialogues, score drop <= {max_score_drop}"
-    elif safe:
-        best = max(safe, key=lambda r: (r.change_fraction, -r.lr))
-        note = (
-            f"fallback: no lr changed >= {target:.0%} of dialogues within tolerance; took the most-changing"
-        )
-    else:
-        best = max(rows, key=lambda r: (r.score_delta, -r.lr))
-        note = (
-            f"fallback: every lr lowered the mean score by more than {max_score_drop}; took the least harmful"
-        )
-    if all(r.distinct_scores == 1 and r.score_delta == 0 for r in rows):
-        note += "; WARNING: no probe changed the validation metric at any lr, so influences will tie"
-    return best.lr, note
-
-
-def calibrate(
-    harness: Harness,
-    groups: Sequence[Group],
-    cfg: InfluenceConfig,
-    *,
-    n_groups: int = CALIBRATION_GROUPS,
-    max_score_drop: float = MAX_SCORE_DROP,
-) -> tuple[float, list[CalibrationRow], str]:
-    """Pick the probe step size (too small a step changes no greedy answer, too large wrecks θ*): try ``cfg.probe_lr_grid`` in ascending order on the
-    first ``n_groups`` groups (a random sample: groups are shuffled), all V tasks each, and stop at the
-    first lr `choose_lr` accepts (the fallbacks need the whole grid). Returns ``(lr, table, note)``."""
-    sample = list(groups[:n_groups])
-    if not sample:
-        raise DitsError("probe step calibration needs at least one group of pairs")
-    everything = range(len(harness.tasks))
-    rows: list[CalibrationRow] = []
-    for lr in sorted(cfg.probe_lr_grid):
-        measured = list(harness.measure(sample, lr, cfg.probe_optimizer, everything, cfg.adapters_per_batch))
-        group_scores = [fmean(harness.scores(d, everything)) for _, _, d in measured]
-        changed = sum(harness.changed(d, everything) for _, _, d in measured)
-        rows.append(
-            CalibrationRow(
-                lr=lr,
-                groups=len(sample),
-                change_fraction=changed / (len(sample) * len(everything)),
-                mean_score=fmean(group_scores),
-                score_delta=fmean(group_scores) - harness.base_score,
-                distinct_scores=len({round(s, 12) for s in group_scores}),
-            )
-        )
-        if _accepts(rows[-1], cfg.target_change_fraction, max_score_drop):
-            break
-    lr, note = choose_lr(rows, cfg.target_change_fraction, max_score_drop)
-    return lr, rows, note
-
-
-def estimate(
-    engine: Engine,
-    system: TwoAgentSystem,
-    pairs: Sequence[PreferencePair],
-    validation: Sequence[TaskInstance],
-    cfg: InfluenceConfig,
-    dpo: TrainConfig,
-    *,
-    policy: str | None,
-    seed: int,
-    lora: LoraSettings | None = None,
-    holdout: Sequence[PreferencePair] = (),
-    done: Collection[str] = frozenset(),
-    on_group_done: Callable[[GroupInfluence], None] | None = None,
-    first_order: bool = False,
-    pairs_per_batch: int = 16,
-) -> InfluenceReport:
-    """The influence stage (module docstring). ``policy``: the SFT adapter loaded in ``engine`` (θ*'s
-    start and the frozen reference; None: a fresh LoRA from ``lora`` against the bare base). ``dpo``: the
-    DPO stage's loss (``beta``, ``nll_weight``) and ``max_length``. ``validation``: instances of the
-    task's validation split (the first ``cfg.validation_tasks`` are used). ``holdout``: pairs for the
-    DPO-loss proxy, disjoint from ``pairs``. Groups whose id is in ``done`` are skipped (resume);
-    ``on_group_done`` receives every finished group at once. ``first_order``: also compute every group's
-    first-order value in the exact and racing modes (one teacher-forced backward pass over θ*'s solved
-    validation dialogues, then a dot product per group). ``pairs_per_batch``: pairs per forward pass of
-    the probe steps. θ* is removed from the engine at the end."""
-    started = time.perf_counter()
-    tasks = list(validation[: cfg.validation_tasks])
-    if not tasks:
-        raise DitsError("influence estimation needs validation instances (the task's validation split)")
-    if {p.id for p in pairs} & {p.id for p in holdout}:
-        raise DitsError("held-out proxy pairs must not be in the pool being scored")
-    prober = Prober(
-        engine, [*pairs, *holdout], dpo, policy=policy, lora=lora, seed=seed, pairs_per_batch=pairs_per_batch
-    )
-    try:
-        pool = [p.id for p in pairs if p.id in prober.pairs]
-        warmup = prober.warm_up(pool, cfg.warmup_steps, cfg.warmup_lr, cfg.warmup_batch_size)
-        harness = Harness(
-            prober,
-            system,
-            tasks,
-            seed=seed,
-            holdout=[p.id for p in holdout if p.id in prober.pairs],
-            first_order=first_order or cfg.estimator == "first-order",
-            drafts=cfg.drafts,
-        )
-        groups = make_groups(pool, cfg.group_size, seed)
-        todo = [g for g in groups if g.id not in done]
-        if cfg.probe_lr != "auto":
-            lr, table, note = float(cfg.probe_lr), [], "fixed by influence.probe_lr"
-        elif cfg.estimator == "first-order":
-            lr, table, note = min(cfg.probe_lr_grid), [], "first-order: the ranking does not depend on lr"
-        elif not todo:
-            lr, table, note = math.nan, [], "nothing left to probe"
-        else:
-            lr, table, note = calibrate(harness, groups, cfg)
-        schedule = {
-            "exact": [len(tasks)],
-            "first-order": [0],
-            "racing": racing_schedule(cfg.racing_initial_tasks, len(tasks)),
-        }[cfg.estimator]
-        results = run_groups(
-            harness,
-            todo,
-            lr,
-            cfg.probe_optimizer,
-            schedule,
-            keep_fraction=cfg.racing_keep_fraction,
-            per_batch=cfg.adapters_per_batch,
-            state_budget_bytes=cfg.racing_state_budget_bytes,
-            on_group_done=on_group_done,
-        )
-        return InfluenceReport(
-            estimator=cfg.estimator,
-            base_score=harness.base_score,
-            base_scores=harness.base_scores,
-            validation_ids=[t.id for t in tasks],
-            lr=lr,
-            optimizer=cfg.probe_optimizer,
-            calibration=table,
-            calibration_note=note,
-            groups=results,
-            warmup_losses=warmup,
-            unfit_pairs=list(prober.unfit),
-            probe_steps=prober.stats.probe_steps,
-            probe_seconds=prober.stats.probe_seconds,
-            dialogues=harness.dialogues,
-            validation_tokens=harness.tokens,
-            wall_time=time.perf_counter() - started,
-            extra={"groups_total": len(groups), "groups_skipped": len(groups) - len(todo)},
-        )
-    finally:
-        prober.close()
+        ranked = sorted(alive, key=lambda g: -tallies[g.id].influence(harness, stop))
+        cut = max(1, math.ceil(keep_fraction * len(alive)))
+        bar = tallies[ranked[cut - 1].id].influence(harness, stop)
+        survivors = [g for g in ranked if tallies[g.id].influence(harness, stop) >= bar]  # ties go on
+        out = [g for g in ranked if g not in survivors]
+        eliminated.append((stop, out, survivors))
+        kept = {gid: p for gid, p in next_kept.items() if any(g.id == gid for g in survivors)}
+        alive, start = [g for g in groups if g in survivors], stop
+    final = {g.id: tallies[g.id].influence(harness) for g in alive}
+    rounds_out = {}
+    for units, out, survivors in reversed(eliminated):
+        cap = min(final[g.id] for g in survivors)
+        for group in out:
+            final[group.id] = min(tallies[group.id].influence(harness, units), cap)
+            rounds_out[group.id] = units
+    return [tallies[g.id].record(harness, final[g.id], rounds_out.get(g.id)) for g in groups]

@@ -229,19 +229,31 @@ class Prober:
         require(engine, "adapters", "influence probes")
         if len({p.id for p in pairs}) != len(pairs):
             raise DitsError("influence probes need unique pair ids")
-        self.engine, self.name, self.dpo, self.seed = engine, name, dpo, seed
+        self.engine, self.name, self.dpo, self.seed, self.policy = engine, name, dpo, seed, policy
         self.stats = ProbeStats()
-        tokenized, self.unfit = tokenize_pairs(pairs, engine.tokenizer, dpo.max_length)
-        self.pairs = {p.id: p for p in tokenized}
+        self.pairs: dict[str, TokenizedPair] = {}
+        self.reference: dict[str, torch.Tensor] = {}
+        self.unfit: list[str] = []
         self.chunk = max(1, pairs_per_batch)
         self._flags = {p: p.requires_grad for p in self.model.parameters()}  # restored by `close`
         self.config = self._create(policy, lora)
         self.params = {n: p for n, p in self.model.named_parameters() if f".{name}." in n}
-        with torch.no_grad(), self._active(policy):
-            self.reference = {
-                pair.id: values for pair, values in zip(tokenized, self._logps(tokenized), strict=True)
-            }
+        self.add_pairs(pairs)
         self.theta = self._snapshot()
+
+    def add_pairs(self, pairs: Sequence[PreferencePair]) -> None:
+        """Make ``pairs`` probe-able: tokenised, their reference log-probs computed (once per pair id;
+        a pair whose id is known is skipped)."""
+        fresh = [p for p in pairs if p.id not in self.pairs and p.id not in self.unfit]
+        if len({p.id for p in fresh}) != len(fresh):
+            raise DitsError("influence probes need unique pair ids")
+        tokenized, unfit = tokenize_pairs(fresh, self.engine.tokenizer, self.dpo.max_length)
+        self.unfit += unfit
+        if not tokenized:
+            return
+        with torch.no_grad(), self._active(self.policy):
+            self.reference.update(zip([p.id for p in tokenized], self._logps(tokenized), strict=True))
+        self.pairs.update((p.id, p) for p in tokenized)
 
     @property
     def model(self) -> Any:
@@ -384,6 +396,20 @@ class Prober:
             yield loss
         finally:
             self.restore()
+
+    @torch.no_grad()
+    def set_theta(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Make θ* the adapter state ``state`` (a PEFT state dict, e.g. a saved warm-up)."""
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, dict(state), adapter_name=self.name)
+        self.theta = self._snapshot()
+        self.engine.weights_changed(self.name)
+
+    def reflect(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The adapter state on the other side of θ*: θ* − (state − θ*) (a central difference's minus side)."""
+        here = self.state()
+        return {k: 2 * here[k] - v for k, v in state.items()}
 
     @torch.no_grad()
     def restore(self) -> None:

@@ -1,12 +1,13 @@
-"""What an influence estimation reports, per group and globally, and rank agreement between estimates.
+"""What an influence estimation reports, per group and per iteration, and rank agreement between estimates.
 
 Pure Python + numpy (no torch), so reports can be read and compared anywhere.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,12 +21,16 @@ TIE_DECIMALS = 12
 class GroupInfluence:
     """One probed group.
 
-    ``influence``: F(θ* + step) − F(θ*) on the ``tasks`` validation tasks evaluated (exact, racing), or
-    the first-order estimate (first-order mode). ``score_after``: F(θ* + step) on those tasks.
-    ``changed``: validation dialogues whose text or answer differs from θ*'s. ``loss``: the group's own DPO
-    loss at θ*. Analysis-only proxies: ``loss_proxy`` = held-out DPO loss after − before the step (None
-    without held-out pairs); ``first_order`` = ⟨score-weighted log-likelihood gradient of θ*'s validation
-    dialogues, step⟩ (see `dits.influence.estimator`; None when not computed).
+    ``influence``: the change of the validation metric after one step from θ* — F(θ* + step) − F(θ*), or
+    with a central difference [F(θ* + step) − F(θ* − step)] / 2 — over the ``tasks`` validation units
+    (task × sample) measured; the first-order estimate in first-order mode. A racing group eliminated
+    after a round (``eliminated_after`` units) never ranks above a group that beat it there (its value is
+    capped by theirs). ``score_after``: F(θ* + step) on those units. ``changed``: units whose dialogue
+    differs from θ*'s. ``loss``: the group's DPO loss at θ*. Analysis-only proxies: ``loss_proxy`` =
+    held-out DPO loss after − before the step (None without held-out pairs); ``first_order`` =
+    ⟨score-weighted log-likelihood gradient of θ*'s validation dialogues, step⟩ (None when not computed).
+    ``pair_keys``: content keys of the pairs (`dits.search.pairs.PreferencePair.key`), so that a pair whose
+    chosen or rejected answer changed later is probed again.
     """
 
     group: str
@@ -39,6 +44,8 @@ class GroupInfluence:
     loss: float
     loss_proxy: float | None
     first_order: float | None
+    pair_keys: list[str] = field(default_factory=list)
+    eliminated_after: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,8 +57,10 @@ class GroupInfluence:
 
 @dataclass
 class CalibrationRow:
-    """Probe step size ``lr`` tried on ``groups`` groups: fraction of validation dialogues changed vs θ*,
-    mean validation score of the probed adapters, its difference to F(θ*), distinct group scores."""
+    """Probe step size ``lr`` tried on ``groups`` calibration groups: fraction of validation units whose
+    dialogue changed, mean score of the probed adapters and its difference to F(θ*), how many distinct
+    influence values the groups got and their spread (standard deviation), and whether the mean score
+    stayed within the tolerance."""
 
     lr: float
     groups: int
@@ -59,6 +68,8 @@ class CalibrationRow:
     mean_score: float
     score_delta: float
     distinct_scores: int
+    spread: float = 0.0
+    acceptable: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +77,8 @@ class CalibrationRow:
 
 @dataclass
 class InfluenceReport:
-    """A whole estimation run (only the groups probed in this run; resumed groups are not repeated)."""
+    """One influence stage: the groups it probed, the budget it spent, and its iteration's scale
+    (θ*'s F, the step size and calibration are shared by every influence stage of the iteration)."""
 
     estimator: str
     base_score: float
@@ -96,13 +108,11 @@ class InfluenceReport:
 
     @property
     def distinct_values(self) -> int:
-        return len({round(g.influence, TIE_DECIMALS) for g in self.groups})
+        return distinct_values([g.influence for g in self.groups])
 
     @property
     def tie_fraction(self) -> float:
-        """Fraction of groups whose influence equals another group's."""
-        counts = Counter(round(g.influence, TIE_DECIMALS) for g in self.groups)
-        return sum(c for c in counts.values() if c > 1) / len(self.groups) if self.groups else 0.0
+        return tie_fraction([g.influence for g in self.groups])
 
     def proxy_agreement(self) -> dict[str, Agreement]:
         """Agreement of the influence with each analysis proxy over this report's groups (meaningful for
@@ -120,7 +130,25 @@ class InfluenceReport:
         return data
 
 
-def pair_influence(groups: list[GroupInfluence]) -> dict[str, float]:
+def distinct_values(values: Sequence[float]) -> int:
+    return len({round(v, TIE_DECIMALS) for v in values})
+
+
+def tie_fraction(values: Sequence[float]) -> float:
+    """Fraction of values equal to another value (0 for none or one value)."""
+    counts = Counter(round(v, TIE_DECIMALS) for v in values)
+    return sum(c for c in counts.values() if c > 1) / len(values) if values else 0.0
+
+
+def spread(values: Sequence[float]) -> float:
+    """Population standard deviation (0 for fewer than two values)."""
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def pair_influence(groups: Sequence[GroupInfluence]) -> dict[str, float]:
     """Pair id → the influence of its group (for selection and for the search trees)."""
     return {pair_id: g.influence for g in groups for pair_id in g.pair_ids}
 

@@ -16,15 +16,16 @@ from dits.train.stages import dpo_stage, sft_stage
 
 
 def dits(ctx: StageContext) -> Results:
-    """Per iteration: sample → SFT → tree search with the SFT model (guided by influence when
-    ``search.guidance: influence``) → preference pairs → influence of every group of pairs →
-    selection by Q + γ·minmax(influence) → DPO from the SFT model → evaluate."""
+    """Per iteration: sample → SFT → tree search with the SFT model, in rounds steered by the influence
+    of the pairs found so far (``search.guidance``) → preference pairs → influence of every group of
+    pairs (one θ* and step size per iteration) → selection by Q + γ·minmax(influence) → DPO from the
+    SFT model → evaluate."""
     results = {"base": evaluation_stage(ctx, "base", None)}
     policy: Policy | None = None
     for it in iterations(ctx):
         sft = sft_stage(ctx, it, sample_stage(ctx, it, policy, first=it == "iter_0"), policy)
-        guided = ctx.cfg.search.guidance == "influence"
-        trees = search_stage(ctx, it, sft, guide=influence_guide(ctx, it, sft) if guided else None)
+        guide = influence_guide(ctx, it, sft) if ctx.cfg.guided_search else None
+        trees = search_stage(ctx, it, sft, guide=guide)
         pairs = pairs_stage(ctx, it, trees)
         influence = influence_stage(ctx, f"{it}/influence", it, sft, pairs)
         policy = dpo_stage(ctx, it, sft, selection_stage(ctx, it, pairs, influence))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,6 +38,13 @@ class PreferencePair:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreferencePair:
         return cls(**data)
+
+    @property
+    def key(self) -> str:
+        """The pair's id and a digest of its content (prompt, chosen, rejected): a pair whose node's best
+        or worst child changed since it was probed gets a new key, so its old influence is not reused."""
+        content = json.dumps([self.prompt, self.chosen, self.rejected], ensure_ascii=False)
+        return f"{self.id}#{hashlib.blake2b(content.encode(), digest_size=6).hexdigest()}"
 
 
 def branch_pair(tree: Tree, node_id: int, *, demonstrate: bool = True) -> PreferencePair:

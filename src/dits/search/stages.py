@@ -28,18 +28,18 @@ def search_stage(
 ) -> list[Tree]:
     """Stages ``ITER/token_budget`` and ``ITER/trees``: one tree per task of the next
     ``search.tasks_per_iteration`` train tasks, grown by ``policy``. Q-guided in one go; with ``guide``,
-    in ``search.rounds`` rounds (``search.expansions`` split between them, stages
+    in `RunConfig.search_rounds` rounds (``search.expansions`` split between them, stages
     ``ITER/trees/round_R``), ``guide`` choosing each later round's node policy."""
     cfg = ctx.cfg.search
     instances = ctx.train_tasks(f"{iteration}/trees", cfg.tasks_per_iteration)
     adapter = ctx.serve(policy)
 
     def budget_work() -> dict[str, Any]:
-        seed = ctx.seed(iteration, "budget")
+        seed = ctx.replica_seed(iteration, "budget")
         return {"token_budget": token_budget(ctx.system, instances, ctx.engine, cfg, seed, adapter=adapter)}
 
     budget = ctx.stage(f"{iteration}/token_budget", budget_work)["token_budget"]
-    sizes = round_sizes(cfg.expansions, cfg.rounds if guide is not None else 1)
+    sizes = round_sizes(cfg.expansions, ctx.cfg.search_rounds if guide is not None else 1)
     trees = [Tree(instance) for instance in instances]
     node_policy: NodePolicy = QPolicy()
     for r, expansions in enumerate(sizes):
@@ -83,7 +83,7 @@ def _grow_stage(
                 ctx.cfg.search,
                 ctx.reward,
                 budget,
-                seed=ctx.seed(iteration, "search"),
+                seed=ctx.replica_seed(iteration, "search"),
                 policy=node_policy,
                 adapter=adapter,
                 on_tree_done=lambda tree: (log.append({"id": tree.id, **tree.to_dict()}), advance(1)),

@@ -70,7 +70,7 @@ def dpo_stage(
             dpo_rows(pairs),
             ctx.cfg.dpo,
             trained.path,
-            seed=ctx.train_seed(iteration, "dpo"),
+            seed=ctx.replica_seed(iteration, "dpo") % 2**31,
         )
         return {
             "pairs": len(pairs),
