@@ -249,7 +249,7 @@ def prepare(ctx: StageContext, cfg: InfluenceConfig, pairs: list[PreferencePair]
     seconds["warmup_s"] = t()
     with elapsed() as t:
         validation = take(ctx.system.task, "validation", cfg.validation_tasks)
-        harness = Harness(prober, ctx.system, validation, seed=seed, first_order=False)
+        harness = Harness(prober, ctx.system, validation, seed=seed, first_order=False, drafts=cfg.drafts)
     seconds["theta_star_dialogues_s"] = t()
     groups = make_groups(pool, cfg.group_size, seed)[: cfg.adapters_per_batch]
     if len(groups) < cfg.adapters_per_batch:
