@@ -1,44 +1,55 @@
-"""Tokens/s of the wave-batched tree search against the engine's own ceiling, and where the rest goes.
+"""Each workload's cost against the machine: positions computed vs positions needed, wall vs ceiling.
 
-What runs: the real `dits.search.runner.search` on ``synth-ie`` (demo config: 4 turns × 48 tokens,
-temperature 0.7) with the HF engine at one batch size. Wrappers record every wave (`HFEngine.generate`),
-every micro-batch (`HFEngine._generate_batch`: prompt token ids, generated lengths, decoding steps) and
-the time inside `model.generate`, the seeded sampler and NLL scoring.
+Workloads (demo config: synth-ie, 4 turns × 48 tokens), each the real code of its stage:
 
-The ceiling: the micro-batches the search actually sent are replayed, in the same composition (same
-prompt token ids, same rows together, same batch size), through plain `model.generate` — greedy, the
-engine's cache implementation, no logits processors, no shared-prefix reuse, and
-``min_new_tokens = max_new_tokens = round(mean generated length of that micro-batch)``, so every row is
-busy for every decoding step and the ceiling produces the same number of tokens as the engine did. This
-is the most honest "same work, no waste" reference we can build: the search pays for early finishers,
-sampling, NLL scoring, chat rendering and its own Python, the ceiling for none of them; the engine's
-shared-prefix KV reuse is the only thing the ceiling lacks (so the engine part may exceed 1). A second
-ceiling fills every batch to ``--batch-size`` rows (prompts taken from the search in order), to show
-what the partially filled tail waves of a search cost.
+* ``evaluation`` — greedy two-agent dialogues on E test tasks (`dits.evaluate.evaluate`);
+* ``sampling`` — iSFT sampling, first iteration (format pool): T train tasks × N dialogues and their
+  rewards (`dits.isft.sample_instance` programs under `run_programs`);
+* ``search`` — Optima's token budget T_norm, then the wave-batched tree search (`dits.search.runner`);
+* ``probes`` — θ*'s greedy validation dialogues on V tasks, then the same dialogues under K probe
+  adapters, each replaying θ*'s dialogue as drafts (what `dits.influence.estimator.Harness` does). θ* is
+  a seeded random LoRA on the base, a probe θ* plus one seeded sign-like step (`random_loras`).
 
-Ratios (all in one process, one machine): search tok/s ÷ ceiling tok/s (goal ≥ 0.8), engine tok/s
-(time inside `generate` only) ÷ ceiling tok/s.
+Every workload runs twice, each time on a fresh engine: the engine as configured (prefix reuse, drafts)
+and with caches off (``engine.kv_cache_mb=0``, no drafts). Measured through public hooks only — the
+engine's observers (`BatchEvent`: every forward pass) and a wrapper around the instance's ``generate``
+that records each request and its completions:
+
+* **positions computed**: input positions of every prefill and decode pass, and the mean rows of a
+  decode pass; NLL scoring apart (its positions, the texts scored and how many were distinct);
+* **distinct positions needed**: distinct (adapter, token prefix) positions of everything the work fed
+  the model — a per-adapter trie of every request's rendered prompt followed by the completion's
+  tokens that were fed back (all of them when it ended on the stop token, else all but the last);
+* **redundancy** = computed ÷ distinct;
+* **physical ceiling** = distinct ÷ the machine's batched forward rate (a plain forward of 8 × 256
+  chat-template tokens, no cache, median of a few repeats), and **wall ÷ ceiling**. The decode rate
+  (one token for each of 32 rows against ~400 cached positions) is reported next to it;
+* speed-up of the configured engine over caches off, and how many dialogues (trees) came out with
+  identical text on both paths (a batched pass and a cached one can order floating-point sums
+  differently, which may flip a rare near-tie; those are counted, not hidden).
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
-import pstats
-import random
-from collections.abc import Callable
+import gc
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
+from peft import get_peft_model_state_dict
 
 from common import (
-    Stopwatches,
+    Stopwatch,
     bench_config,
     elapsed,
     finish,
+    fmt,
     make_parser,
     new_report,
     ratio,
@@ -47,378 +58,575 @@ from common import (
     summary_row,
     timed_method,
 )
-from dits.engines.hf import MIN_SHARED_PREFIX, HFEngine, SeededSampler, shared_prefix_length
+from dits.engines.base import (
+    AdapterWeights,
+    BatchEvent,
+    Completion,
+    GenerationRequest,
+    Message,
+    SamplingParams,
+)
+from dits.engines.batching import run_programs
+from dits.engines.factory import make_engine
+from dits.engines.hf import HFEngine
+from dits.evaluate import evaluate
+from dits.isft import sample_instance
+from dits.mas.dialogue import Dialogue, TwoAgentSystem
 from dits.runtime import build_system, take
 from dits.search.policy import QPolicy
 from dits.search.runner import search, token_budget
+from dits.search.tree import Tree
+from dits.tasks.base import TaskInstance
+from dits.train.common import lora_config
+from dits.utils import derive_seed
 
 NAME = "throughput"
-TORCH_FILES = ("/torch/", "/transformers/", "/peft/", "/accelerate/")
-TORCH_BUILTINS = ("torch", "Tensor")
+WORKLOADS = ("evaluation", "sampling", "search", "probes")
+PATHS = {"reuse": "prefix reuse + drafts", "off": "caches off"}
 SIZES = {  # (full, quick)
-    "trees": (16, 8),
+    "eval_tasks": (32, 8),
+    "sample_tasks": (16, 4),
+    "samples": (6, 4),
+    "trees": (16, 4),
     "expansions": (4, 2),
     "rollouts": (2, 2),
-    "batch_size": (32, 32),
-    "full_batches": (4, 2),
+    "probes": (8, 4),
+    "validation": (12, 4),
+    "repeats": (5, 3),
 }
+FORWARD_SHAPE = (8, 256)
+"""Rows × tokens of the plain forward that measures the machine's batched rate."""
+DECODE_SHAPE = (32, 400)
+"""Rows × cached positions of the decode steps that measure the machine's decode rate."""
+THETA = "theta_star"
+SHAPES = "lora_shapes"
+GREEDY = SamplingParams()
+
+
+# ------------------------------------------------------------------------------------------ recording
+def prompt_ids(engine: HFEngine, messages: list[Message]) -> list[int]:
+    """The chat template's token ids of ``messages`` with the generation prompt, as the engine feeds them."""
+    ids = engine.tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=True, return_dict=False
+    )
+    return list(ids)
+
+
+def fed_tokens(completion: Completion, params: SamplingParams) -> tuple[int, ...]:
+    """The generated tokens fed back to the model: all when the completion ended on the stop token (the
+    last one was fed to choose it), all but the last otherwise (chosen, never fed)."""
+    on_stop_token = completion.finish_reason == "stop" and not params.stop
+    return completion.token_ids if on_stop_token else completion.token_ids[:-1]
+
+
+class PositionTrie:
+    """Distinct (adapter, token prefix) positions: one trie of token ids per adapter, `count` nodes."""
+
+    def __init__(self) -> None:
+        self.roots: dict[str | None, dict[int, Any]] = {}
+        self.count = 0
+
+    def add(self, adapter: str | None, tokens: Sequence[int]) -> None:
+        node = self.roots.setdefault(adapter, {})
+        for token in tokens:
+            child = node.get(token)
+            if child is None:
+                child = node[token] = {}
+                self.count += 1
+            node = child
 
 
 @dataclass
-class MicroBatch:
-    """One `_generate_batch` call of the engine, as the search sent it."""
+class PassTotals:
+    """Forward passes of one kind: how many, rows, real and padded positions, seconds."""
 
-    rows: int
-    width: int
-    shared: int
-    adapters: int
-    max_new_tokens: int
-    greedy: bool
-    prompt_lengths: list[int]
-    generated: list[int]
-    steps: int
-    seconds: float
-    generate_seconds: float
-    prompts: list[list[int]] = field(repr=False, default_factory=list)
+    passes: int = 0
+    rows: int = 0
+    positions: int = 0
+    padded: int = 0
+    seconds: float = 0.0
 
-    @property
-    def slots(self) -> int:
-        """Decoding positions computed: every row runs until the slowest row of the batch is done."""
-        return self.rows * self.steps
-
-    @property
-    def padding(self) -> int:
-        return sum(self.width - n for n in self.prompt_lengths)
-
-    def summary(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["prompts"]
-        return data
+    def add(self, event: BatchEvent) -> None:
+        self.passes += 1
+        self.rows += event.rows
+        self.positions += event.positions
+        self.padded += event.padded
+        self.seconds += event.seconds
 
 
+@dataclass
 class Recorder:
-    """Times and records what an `HFEngine` does while a search runs (install, run, `uninstall`)."""
+    """Every forward pass (an observer), every ``generate`` call (requests, params, completions) and every
+    text scored by ``nll`` of an engine while the ``with`` block runs; the instance's methods are restored
+    afterwards."""
 
-    def __init__(self, engine: HFEngine) -> None:
-        self.engine = engine
-        self.watches = Stopwatches()
-        self.batches: list[MicroBatch] = []
-        self._generated: list[tuple[int, float]] = []  # (decoding steps, seconds) of model.generate calls
-        self._model = engine.model
-        timed_method(engine, "generate", self.watches["wave"])
-        timed_method(engine, "nll", self.watches["nll"])
-        timed_method(engine, "_generate_batch", self.watches["micro_batch"], after=self._record)
-        timed_method(self._model, "generate", self.watches["model_generate"], after=self._model_generate)
-        timed_method(SeededSampler, "__call__", self.watches["sampler"])
+    engine: HFEngine
+    passes: dict[str, PassTotals] = field(
+        default_factory=lambda: {kind: PassTotals() for kind in ("prefill", "decode", "nll")}
+    )
+    calls: list[tuple[list[GenerationRequest], SamplingParams, list[list[Completion]]]] = field(
+        default_factory=list
+    )
+    generate: Stopwatch = field(default_factory=Stopwatch)
+    nll: Stopwatch = field(default_factory=Stopwatch)
+    scored: list[str] = field(default_factory=list)
 
-    def uninstall(self) -> None:
-        for name in ("generate", "nll", "_generate_batch"):
+    def __enter__(self) -> Recorder:
+        self.engine.stats.observers.append(self._observe)
+        timed_method(self.engine, "generate", self.generate, after=self._record)
+        timed_method(self.engine, "nll", self.nll, after=lambda _r, _s, texts: self.scored.extend(texts))
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for name in ("generate", "nll"):
             restore_method(self.engine, name)
-        restore_method(self._model, "generate")
-        restore_method(SeededSampler, "__call__")
+        self.engine.stats.observers.remove(self._observe)
 
-    def _model_generate(self, output: torch.Tensor, seconds: float, *args: Any, **kwargs: Any) -> None:
-        self._generated.append((output.shape[1] - kwargs["input_ids"].shape[1], seconds))
+    def _observe(self, event: BatchEvent) -> None:
+        self.passes[event.kind].add(event)
 
     def _record(
         self,
-        completions: list[Any],
-        seconds: float,
-        prompts: list[list[int]],
-        adapters: list[str],
-        seeds: Any,
-        params: Any,
+        completions: list[list[Completion]],
+        _seconds: float,
+        requests: Sequence[GenerationRequest],
+        params: SamplingParams,
     ) -> None:
-        steps, generate_seconds = self._generated.pop()
-        shared = shared_prefix_length(prompts) if self.engine.cache == "static" and len(prompts) > 1 else 0
-        self.batches.append(
-            MicroBatch(
-                rows=len(prompts),
-                width=max(len(p) for p in prompts),
-                shared=shared if shared >= MIN_SHARED_PREFIX else 0,
-                adapters=len(set(adapters)),
-                max_new_tokens=params.max_new_tokens,
-                greedy=params.greedy,
-                prompt_lengths=[len(p) for p in prompts],
-                generated=[c.num_tokens for c in completions],
-                steps=steps,
-                seconds=seconds,
-                generate_seconds=generate_seconds,
-                prompts=[list(p) for p in prompts],
-            )
-        )
+        self.calls.append((list(requests), params, completions))
+
+    def distinct_positions(self) -> int:
+        """Distinct (adapter, prefix) positions of every sequence fed to the model (rendered afterwards,
+        outside the timed work)."""
+        trie = PositionTrie()
+        for requests, params, completions in self.calls:
+            for request, replies in zip(requests, completions, strict=True):
+                prompt = prompt_ids(self.engine, request.messages)
+                for completion in replies:
+                    trie.add(request.adapter, prompt + list(fed_tokens(completion, params)))
+        return trie.count
+
+
+# ------------------------------------------------------------------------------------------ machine
+def chat_rows(
+    engine: HFEngine, system: TwoAgentSystem, instances: Sequence[TaskInstance], shape: tuple[int, int]
+) -> torch.Tensor:
+    """``rows × length`` real chat-template tokens: first-turn prompts of ``instances``, back to back."""
+    rows, length = shape
+    stream: list[int] = []
+    for instance in itertools.cycle(instances):
+        if len(stream) >= rows * length:
+            break
+        stream += prompt_ids(engine, system.view(instance, []))
+    return torch.tensor(stream[: rows * length], device=engine.device).view(rows, length)
+
+
+def median_seconds(step: Callable[[], None], repeats: int) -> float:
+    """Median wall time of ``step`` over ``repeats`` runs, after one untimed warm-up run (GPU work waited
+    for)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+    step()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 @torch.inference_mode()
-def plain_generate(engine: HFEngine, prompts: list[list[int]], new_tokens: int) -> float:
-    """Seconds of one plain, left-padded, greedy `model.generate` producing exactly ``new_tokens`` per row."""
-    pad = engine.tokenizer.pad_token_id
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=engine.device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=engine.device)
-    with elapsed() as seconds:
-        engine.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            cache_implementation=engine.cache,
+def machine_rates(
+    engine: HFEngine, system: TwoAgentSystem, instances: Sequence[TaskInstance], repeats: int
+) -> dict[str, Any]:
+    """The machine's batched forward rate (tokens/s of a plain, cacheless forward of `FORWARD_SHAPE`) and
+    decode rate (rows/s of one-token steps of `DECODE_SHAPE` rows against their cached positions)."""
+    model = engine.model
+    batch = chat_rows(engine, system, instances, FORWARD_SHAPE)
+    forward = median_seconds(lambda: model(input_ids=batch, use_cache=False, logits_to_keep=1), repeats)
+    context = chat_rows(engine, system, instances, DECODE_SHAPE)
+    out = model(input_ids=context, use_cache=True, logits_to_keep=1)
+    state = {"cache": out.cache, "next": out.logits[:, -1:].argmax(-1)}
+
+    def decode_step() -> None:
+        step = model(input_ids=state["next"], cache=state["cache"], use_cache=True, logits_to_keep=1)
+        state["next"] = step.logits[:, -1:].argmax(-1)
+
+    decode = median_seconds(decode_step, repeats)
+    return {
+        "forward_shape": list(FORWARD_SHAPE),
+        "forward_s": forward,
+        "forward_tokens_per_s": batch.numel() / forward,
+        "decode_shape": list(DECODE_SHAPE),
+        "decode_step_s": decode,
+        "decode_tokens_per_s": DECODE_SHAPE[0] / decode,
+        "repeats": repeats,
+    }
+
+
+def random_loras(engine: HFEngine, cfg: Any, seed: int) -> dict[str, AdapterWeights]:
+    """θ* and ``influence.adapters_per_batch`` probe adapters, seeded. θ* is a fresh LoRA
+    (``dpo.lora_settings``: PEFT's initial ``A``) whose ``B`` ~ N(0, (warm-up steps × warm-up lr)²), about
+    where the warm-up's sign-like Adam steps take it; a probe is θ* plus one sign-like step of the probe lr
+    (``influence.probe_lr``, or the middle of its calibration grid) on every weight, as one fresh Adam
+    step is. The shapes come from a placeholder adapter on ``engine``, removed again."""
+    influence = cfg.influence
+    config = lora_config(cfg.dpo.lora_settings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed % 2**31)
+        engine.add_adapter(SHAPES, AdapterWeights(config, {}))
+    template = get_peft_model_state_dict(engine.trainable_model(), adapter_name=SHAPES)
+    engine.remove_adapter(SHAPES)
+    generator = torch.Generator().manual_seed(seed)
+    scale = influence.warmup_steps * influence.warmup_lr
+    step = statistics.median(influence.probe_lr_grid) if influence.probe_lr == "auto" else influence.probe_lr
+
+    def noise(like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(like.shape, generator=generator)
+
+    theta = {k: noise(v) * scale if "lora_B" in k else v.clone() for k, v in template.items()}
+    states = {THETA: theta}
+    for index in range(influence.adapters_per_batch):
+        states[f"probe{index}"] = {k: v + step * noise(v).sign() for k, v in theta.items()}
+    return {name: AdapterWeights(config, state) for name, state in states.items()}
+
+
+# ------------------------------------------------------------------------------------------ workloads
+def dialogue_text(dialogue: dict[str, Any]) -> str:
+    """What the identity check compares of a dialogue (`Dialogue.to_dict`): every turn's text, the answer."""
+    return json.dumps([dialogue["final_answer"], [turn["text"] for turn in dialogue["turns"]]])
+
+
+def tree_text(tree: Tree) -> str:
+    """What the identity check compares of a tree: every node's parent and utterance."""
+    return json.dumps([[node.parent, node.text] for node in tree.nodes])
+
+
+@dataclass
+class Played:
+    """What a workload produced: its units (dialogues or trees) as text, and anything else to report."""
+
+    unit: str
+    texts: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Bench:
+    """What every workload needs: the config, the two agents, the probe adapters (θ* first)."""
+
+    cfg: Any
+    system: TwoAgentSystem
+    adapters: dict[str, AdapterWeights] = field(default_factory=dict)
+
+    def seed(self, workload: str) -> int:
+        return derive_seed(self.cfg.seed, NAME, workload)
+
+
+Work = Callable[[], Played]
+"""A workload ready to run on one engine (set up already, so that only the work itself is timed)."""
+
+
+def evaluation(bench: Bench, engine: HFEngine, drafts: bool) -> Work:
+    """Greedy dialogues on ``eval.limit`` test tasks."""
+    instances = take(bench.system.task, "test", bench.cfg.eval.limit)
+
+    def run() -> Played:
+        records, _ = evaluate(bench.system, instances, engine, seed=bench.seed("evaluation"))
+        return Played("dialogues", [dialogue_text(d) for r in records for d in r["dialogues"]])
+
+    return run
+
+
+def sampling(bench: Bench, engine: HFEngine, drafts: bool) -> Work:
+    """iSFT's first iteration: ``isft.samples_per_task`` dialogues on each of ``isft.tasks_per_iteration``
+    train tasks, then their rewards."""
+    cfg = bench.cfg
+    instances = take(bench.system.task, "train", cfg.isft.tasks_per_iteration)
+
+    def run() -> Played:
+        programs = [
+            sample_instance(
+                bench.system,
+                instance,
+                cfg.isft,
+                cfg.reward,
+                seed=bench.seed("sampling"),
+                first_iteration=True,
+                adapter=None,
+            )
+            for instance in instances
+        ]
+        records = run_programs(programs, engine)
+        return Played("dialogues", [dialogue_text(d) for r in records for d in r["dialogues"]])
+
+    return run
+
+
+def tree_search(bench: Bench, engine: HFEngine, drafts: bool) -> Work:
+    """T_norm (`token_budget`), then a search over ``search.tasks_per_iteration`` train tasks."""
+    cfg, seed = bench.cfg, bench.seed("search")
+    instances = take(bench.system.task, "train", cfg.search.tasks_per_iteration)
+
+    def run() -> Played:
+        budget = token_budget(bench.system, instances, engine, cfg.search, seed)
+        trees = search(
+            bench.system, instances, engine, cfg.search, cfg.reward, budget, seed=seed, policy=QPolicy()
         )
-    return seconds()
+        return Played("trees", [tree_text(t) for t in trees], {"token_budget": budget})
+
+    return run
 
 
-def replay_ceiling(engine: HFEngine, batches: list[MicroBatch]) -> dict[str, Any]:
-    """Every recorded micro-batch again through plain `generate`, at its mean generated length."""
-    tokens = seconds = 0.0
-    for batch in batches:
-        new = max(1, round(sum(batch.generated) / batch.rows))
-        seconds += plain_generate(engine, batch.prompts, new)
-        tokens += new * batch.rows
+def play(
+    bench: Bench,
+    engine: HFEngine,
+    tasks: Sequence[TaskInstance],
+    adapters: Sequence[str],
+    references: Sequence[Dialogue] | None,
+) -> list[Dialogue]:
+    """Greedy validation dialogues of ``tasks`` under each adapter, in the same waves (``references``:
+    θ*'s dialogues of the same tasks, replayed as drafts)."""
+    programs = [
+        bench.system.converse(
+            task,
+            GREEDY,
+            seed=derive_seed(bench.seed("probes"), task.id),
+            adapter=adapter,
+            reference=references[i] if references else None,
+        )
+        for adapter in adapters
+        for i, task in enumerate(tasks)
+    ]
+    return run_programs(programs, engine)
+
+
+def probes(bench: Bench, engine: HFEngine, drafts: bool) -> Work:
+    """θ*'s greedy dialogues on ``influence.validation_tasks`` validation tasks, then the same under every
+    probe adapter (θ*'s as drafts when ``drafts``)."""
+    for name, weights in bench.adapters.items():
+        engine.add_adapter(name, weights)
+    tasks = take(bench.system.task, "validation", bench.cfg.influence.validation_tasks)
+    names = [name for name in bench.adapters if name != THETA]
+
+    def run() -> Played:
+        base = play(bench, engine, tasks, [THETA], None)
+        probed = play(bench, engine, tasks, names, base if drafts else None)
+        theta = [dialogue_text(d.to_dict()) for d in base]
+        texts = [dialogue_text(d.to_dict()) for d in probed]
+        changed = sum(text != theta[i % len(theta)] for i, text in enumerate(texts))  # adapter-major order
+        return Played(
+            "dialogues", theta + texts, {"probe_dialogues": len(texts), "probe_dialogues_changed": changed}
+        )
+
+    return run
+
+
+SETUPS: dict[str, Callable[[Bench, HFEngine, bool], Work]] = {
+    "evaluation": evaluation,
+    "sampling": sampling,
+    "search": tree_search,
+    "probes": probes,
+}
+
+
+# ------------------------------------------------------------------------------------------ measuring
+def new_engine(cfg: Any, reuse: bool) -> HFEngine:
+    """A fresh engine as configured, or with prefix reuse off (earlier engines' memory freed first: an
+    engine and its decoder refer to each other, so only the cycle collector frees them)."""
+    gc.collect()
+    engine_cfg = cfg.engine if reuse else cfg.engine.model_copy(update={"kv_cache_mb": 0})
+    engine = make_engine(engine_cfg, cfg.model)
+    if not isinstance(engine, HFEngine):
+        raise SystemExit("bench/throughput.py measures the in-process engine: use engine.kind=hf")
+    return engine
+
+
+def measure(bench: Bench, workload: str, path: str, rates: dict[str, Any]) -> tuple[dict[str, Any], Played]:
+    """One workload on a fresh engine (``path`` reuse: as configured; off: no prefix reuse, no drafts)."""
+    reuse = path == "reuse"
+    engine = new_engine(bench.cfg, reuse)
+    work = SETUPS[workload](bench, engine, reuse)
+    with Recorder(engine) as recorder, elapsed() as seconds:
+        played = work()
+    wall = seconds()
+    passes = recorder.passes
+    computed = passes["prefill"].positions + passes["decode"].positions
+    forward = passes["prefill"].seconds + passes["decode"].seconds
+    distinct = recorder.distinct_positions()
+    ceiling = distinct / rates["forward_tokens_per_s"]
+    result = {
+        "wall_s": wall,
+        "units": len(played.texts),
+        "generated_tokens": engine.stats.generated_tokens,
+        "positions_computed": computed,
+        "nll_positions": passes["nll"].positions,
+        "nll_texts": len(recorder.scored),
+        "distinct_nll_texts": len(set(recorder.scored)),
+        "mean_rows_per_decode_pass": ratio(passes["decode"].rows, passes["decode"].passes),
+        "distinct_positions": distinct,
+        "redundancy": ratio(computed, distinct),
+        "ceiling_s": ceiling,
+        "wall_over_ceiling": ratio(wall, ceiling),
+        "time_split": {
+            "forward": ratio(forward, wall),
+            "engine_overhead": ratio(recorder.generate.seconds - forward, wall),
+            "nll_scoring": ratio(recorder.nll.seconds, wall),
+            "outside_engine": ratio(wall - recorder.generate.seconds - recorder.nll.seconds, wall),
+        },
+        "passes": {kind: asdict(totals) for kind, totals in passes.items()},
+        "generate_calls": recorder.generate.calls,
+        "decoder": asdict(engine.decoder.stats),
+        "prefix_tree": asdict(engine.prefixes.stats),
+        **played.extra,
+    }
+    print(
+        f"  {workload} [{PATHS[path]}]: {wall:.1f}s, {len(played.texts)} {played.unit}, "
+        f"{computed:,} positions computed / {distinct:,} distinct, wall / ceiling {ratio(wall, ceiling):.2f}"
+    )
+    return result, played
+
+
+def compare(reuse: Played, off: Played) -> dict[str, Any]:
+    """How many units came out with the same text on both paths."""
+    same = sum(a == b for a, b in zip(reuse.texts, off.texts, strict=True))
     return {
-        "batches": len(batches),
-        "tokens": tokens,
-        "seconds": seconds,
-        "tokens_per_s": ratio(tokens, seconds),
+        "unit": reuse.unit,
+        "compared": len(reuse.texts),
+        "identical": same,
+        "fraction": ratio(same, len(reuse.texts)),
     }
 
 
-def full_batch_ceiling(engine: HFEngine, batches: list[MicroBatch], size: int, count: int) -> dict[str, Any]:
-    """``count`` batches of exactly ``size`` of the search's prompts (evenly spaced through the run), each
-    generating the search's overall mean generated length."""
-    prompts = [p for b in batches for p in b.prompts]
-    generated = [n for b in batches for n in b.generated]
-    new = max(1, round(sum(generated) / len(generated)))
-    chunks = [prompts[i : i + size] for i in range(0, len(prompts) - size + 1, size)]
-    if not chunks:
-        return {"batches": 0, "rows": size, "new_tokens": new, "tokens_per_s": float("nan")}
-    step = max(1, len(chunks) // count)
-    chosen = chunks[::step][:count]
-    seconds = sum(plain_generate(engine, chunk, new) for chunk in chosen)
-    tokens = new * size * len(chosen)
+def run_workload(bench: Bench, workload: str, rates: dict[str, Any]) -> dict[str, Any]:
+    """Both paths of one workload, the speed-up and the identity check."""
+    reuse, played_reuse = measure(bench, workload, "reuse", rates)
+    off, played_off = measure(bench, workload, "off", rates)
     return {
-        "batches": len(chosen),
-        "rows": size,
-        "new_tokens": new,
-        "seconds": seconds,
-        "tokens_per_s": tokens / seconds,
+        "reuse": reuse,
+        "off": off,
+        "speedup": ratio(off["wall_s"], reuse["wall_s"]),
+        "identical": compare(played_reuse, played_off),
     }
 
 
-def waste(batches: list[MicroBatch], saved: float) -> dict[str, Any]:
-    """Early-finish waste, prompt padding, prefill saved by shared-prefix reuse, batch fill."""
-    slots = sum(b.slots for b in batches)
-    useful = sum(sum(b.generated) for b in batches)
-    positions = sum(b.rows * b.width for b in batches)
-    rows = sum(b.rows for b in batches)
-    largest = max((b.rows for b in batches), default=0)
-    return {
-        "micro_batches": len(batches),
-        "rows": rows,
-        "mean_rows_per_micro_batch": ratio(rows, len(batches)),
-        "rows_in_full_micro_batches": ratio(sum(b.rows for b in batches if b.rows == largest), rows),
-        "decode_slots": slots,
-        "useful_tokens": useful,
-        "early_finish_waste": 1 - ratio(useful, slots),
-        "mean_generated": ratio(useful, rows),
-        "mean_steps": ratio(sum(b.steps for b in batches), len(batches)),
-        "prompt_tokens": sum(sum(b.prompt_lengths) for b in batches),
-        "prompt_positions": positions,
-        "prompt_padding_fraction": ratio(sum(b.padding for b in batches), positions),
-        "prefill_tokens_saved": saved,
-        "prefill_saved_fraction": ratio(saved, positions),
-        "mean_prompt_length": ratio(sum(sum(b.prompt_lengths) for b in batches), rows),
-        "mean_shared_prefix": ratio(sum(b.shared for b in batches), len(batches)),
-    }
+# ------------------------------------------------------------------------------------------ report
+TIME_SPLIT = ("forward", "engine_overhead", "nll_scoring", "outside_engine")
 
 
-def breakdown(wall: float, watches: Stopwatches) -> dict[str, float]:
-    """Search wall time split into: plain model.generate (sampler inside it), micro-batch overhead
-    (tensors, shared-prefix prefill, decoding text), wave overhead (chat templates, sorting), NLL
-    scoring, and everything outside the engine (tree bookkeeping, rewards, programs)."""
-    wave, micro, model = (watches[k].seconds for k in ("wave", "micro_batch", "model_generate"))
-    parts = {
-        "model_generate_without_sampler": model - watches["sampler"].seconds,
-        "sampler": watches["sampler"].seconds,
-        "micro_batch_overhead": micro - model,
-        "wave_overhead": wave - micro,
-        "nll_scoring": watches["nll"].seconds,
-        "outside_engine": wall - wave - watches["nll"].seconds,
-    }
-    return {k: {"seconds": v, "fraction": ratio(v, wall)} for k, v in parts.items()}
+def both(name: str, workload: dict[str, Any], label: str, key: str, goal: str = "") -> dict[str, str]:
+    """A summary row with a measure of both paths: ``reuse / caches off``."""
+    reuse, off = workload["reuse"][key], workload["off"][key]
+    return summary_row(f"{name}: {label}, reuse / caches off", f"{fmt(reuse)} / {fmt(off)}", goal)
 
 
-def profile_search(run_search: Any, top: int = 20) -> list[dict[str, Any]]:
-    """The top ``top`` functions by own time outside torch/transformers/peft, from a profiled search."""
-    profiler = cProfile.Profile()
-    profiler.runcall(run_search)
-    stats = pstats.Stats(profiler, stream=io.StringIO())
-    rows = []
-    for (file, line, func), (_, calls, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
-        if any(lib in file for lib in TORCH_FILES) or (
-            file == "~" and any(t in func for t in TORCH_BUILTINS)
-        ):
-            continue
+def workload_rows(name: str, w: dict[str, Any]) -> list[dict[str, str]]:
+    """One workload's summary rows."""
+    reuse, same = w["reuse"], w["identical"]
+    rows = [
+        both(name, w, "wall s", "wall_s"),
+        summary_row(f"{name}: speed-up from prefix reuse and drafts", w["speedup"]),
+        both(name, w, "generated tokens", "generated_tokens"),
+        both(name, w, "positions computed (prefill + decode)", "positions_computed"),
+        both(name, w, "distinct positions needed", "distinct_positions"),
+        both(name, w, "redundancy = computed / distinct", "redundancy", "goal <= 1.3 (reuse)"),
+        summary_row(
+            f"{name}: NLL scoring positions (not in the above); texts scored / distinct",
+            f"{reuse['nll_positions']:,}; {reuse['nll_texts']:,} / {reuse['distinct_nll_texts']:,}",
+        ),
+        both(name, w, "mean rows per decode pass", "mean_rows_per_decode_pass"),
+        summary_row(f"{name}: physical ceiling s = distinct / forward rate", reuse["ceiling_s"]),
+        both(
+            name, w, "wall / ceiling", "wall_over_ceiling", "goal <= 1.5 (reuse)" if name == "search" else ""
+        ),
+        summary_row(
+            f"{name}: reuse wall: forward / engine overhead / NLL scoring / outside the engine",
+            " / ".join(f"{reuse['time_split'][k]:.0%}" for k in TIME_SPLIT),
+        ),
+        summary_row(
+            f"{name}: {same['unit']} with identical text on both paths",
+            f"{same['identical']}/{same['compared']} ({same['fraction']:.0%})",
+        ),
+    ]
+    if name == "probes":
+        decoder = reuse["decoder"]
         rows.append(
-            {
-                "function": f"{Path(file).name}:{line}:{func}",
-                "calls": calls,
-                "own_s": own,
-                "cum_s": cumulative,
-            }
+            summary_row(
+                "probes: probe dialogues that differ from θ*'s; draft tokens accepted",
+                f"{reuse['probe_dialogues_changed']}/{reuse['probe_dialogues']}; "
+                f"{decoder['accepted_draft_tokens']:,} of {decoder['draft_tokens']:,}",
+                "calibrated probes change >= influence.target_change_fraction",
+            )
         )
-    return sorted(rows, key=lambda r: -r["own_s"])[:top]
+    return rows
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, str]]:
+    rates = results["machine"]
+    rows = [
+        summary_row(
+            f"machine: batched forward rate, {FORWARD_SHAPE[0]} x {FORWARD_SHAPE[1]} tokens (tok/s)",
+            rates["forward_tokens_per_s"],
+        ),
+        summary_row(
+            f"machine: decode rate, {DECODE_SHAPE[0]} rows x ~{DECODE_SHAPE[1]} cached (tok/s)",
+            rates["decode_tokens_per_s"],
+        ),
+    ]
+    for name, workload in results["workloads"].items():
+        rows += workload_rows(name, workload)
+    return rows
 
 
 def parse_args() -> argparse.Namespace:
     parser = make_parser(NAME, __doc__.split("\n\n")[0])
-    parser.add_argument("--trees", type=int, help="search trees (train tasks); full 16, quick 8")
-    parser.add_argument("--expansions", type=int, help="expansions per tree; full 4, quick 2")
-    parser.add_argument("--rollouts", type=int, help="rollouts per expansion; 2")
-    parser.add_argument("--batch-size", type=int, help="engine micro-batch rows; 32")
     parser.add_argument(
-        "--full-batches", type=int, help="batches timed for the full-batch ceiling; full 4, quick 2"
+        "--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS), help="which to run"
     )
-    parser.add_argument(
-        "--max-replay", type=int, default=None, help="replay at most this many micro-batches (random sample)"
-    )
-    parser.add_argument("--profile", action="store_true", help="also run the search once more under cProfile")
+    parser.add_argument("--eval-tasks", type=int, help="evaluation: test tasks E; full 32, quick 8")
+    parser.add_argument("--sample-tasks", type=int, help="sampling: train tasks T; full 16, quick 4")
+    parser.add_argument("--samples", type=int, help="sampling: dialogues N per task; full 6, quick 4")
+    parser.add_argument("--trees", type=int, help="search: trees; full 16, quick 4")
+    parser.add_argument("--expansions", type=int, help="search: expansions per tree; full 4, quick 2")
+    parser.add_argument("--rollouts", type=int, help="search: rollouts per expansion; 2")
+    parser.add_argument("--probes", type=int, help="probes: probe adapters K; full 8, quick 4")
+    parser.add_argument("--validation", type=int, help="probes: validation tasks V; full 12, quick 4")
+    parser.add_argument("--repeats", type=int, help="timed repeats of the machine's rates; full 5, quick 3")
     args = parser.parse_args()
     sized(args, SIZES)
     return args
 
 
-@dataclass
-class SearchRun:
-    """One measured search: wall time, tokens, prefill saved, and what the recorder saw."""
-
-    wall: float
-    tokens: int
-    saved: float
-    recorder: Recorder
-
-
-def measure_search(engine: HFEngine, run_search: Callable[[], None]) -> SearchRun:
-    """Run the search once with the recorder installed; counters as deltas."""
-    saved_before = engine.stats.extra.get("prefill_tokens_saved", 0)
-    tokens_before = engine.stats.generated_tokens
-    recorder = Recorder(engine)
-    try:
-        with elapsed() as seconds:
-            run_search()
-    finally:
-        recorder.uninstall()
-    saved = engine.stats.extra.get("prefill_tokens_saved", 0) - saved_before
-    return SearchRun(seconds(), engine.stats.generated_tokens - tokens_before, saved, recorder)
-
-
-def results(
-    measured: SearchRun, ceiling: dict[str, Any], full: dict[str, Any], budget: float
-) -> dict[str, Any]:
-    """Rates, the three ratios, the time breakdown and the waste of one measured search."""
-    search_tps = measured.tokens / measured.wall
-    engine_tps = ratio(measured.tokens, measured.recorder.watches["wave"].seconds)
-    batches = measured.recorder.batches
-    return {
-        "search": {
-            "wall_s": measured.wall,
-            "tokens": measured.tokens,
-            "tokens_per_s": search_tps,
-            "token_budget": budget,
-        },
-        "engine_tokens_per_s": engine_tps,
-        "ceiling_same_batches": ceiling,
-        "ceiling_full_batches": full,
-        "ratio_search_vs_ceiling": ratio(search_tps, ceiling["tokens_per_s"]),
-        "ratio_engine_vs_ceiling": ratio(engine_tps, ceiling["tokens_per_s"]),
-        "ratio_search_vs_full_batch_ceiling": ratio(search_tps, full["tokens_per_s"]),
-        "time_breakdown": breakdown(measured.wall, measured.recorder.watches),
-        "stopwatches": measured.recorder.watches.to_dict(),
-        "waste": waste(batches, measured.saved),
-        "micro_batches": [b.summary() for b in batches],
-    }
-
-
 def main() -> None:
     args = parse_args()
     sizes = [
+        f"eval.limit={args.eval_tasks}",
+        f"isft.tasks_per_iteration={args.sample_tasks}",
+        f"isft.samples_per_task={args.samples}",
         f"search.tasks_per_iteration={args.trees}",
         f"search.expansions={args.expansions}",
         f"search.rollouts_per_expansion={args.rollouts}",
-        f"engine.batch_size={args.batch_size}",
+        f"influence.adapters_per_batch={args.probes}",
+        f"influence.validation_tasks={args.validation}",
     ]
     cfg = bench_config(args.model, args.overrides, sizes)
     report = new_report(NAME, args)
-    report["config"] = {k: getattr(cfg, k).model_dump() for k in ("search", "dialogue", "engine")}
-    s = cfg.search
+    report["config"] = {
+        k: getattr(cfg, k).model_dump() for k in ("engine", "dialogue", "isft", "search", "influence", "eval")
+    }
+    bench = Bench(cfg, build_system(cfg))
+    engine = new_engine(cfg, reuse=True)
+    rates = machine_rates(engine, bench.system, take(bench.system.task, "test", 8), args.repeats)
     print(
-        f"work: {s.tasks_per_iteration} trees x {s.expansions} expansions x {s.rollouts_per_expansion} rollouts "
-        f"(<= {cfg.dialogue.max_turns} turns x {cfg.dialogue.max_utterance_tokens} tokens), then the same "
-        "micro-batches again through plain generate (the ceiling)"
+        f"machine: forward {rates['forward_tokens_per_s']:,.0f} tok/s, decode {rates['decode_tokens_per_s']:,.0f} tok/s"
     )
-    e = cfg.engine
-    engine = HFEngine(cfg.model, batch_size=e.batch_size, device=e.device, dtype=e.dtype, cache=e.cache)
-    system = build_system(cfg)
-    instances = take(system.task, "train", s.tasks_per_iteration)
-    budget = token_budget(system, instances, engine, s, cfg.seed)  # T_norm as the pipeline does; warms up
-
-    def run_search() -> None:
-        search(system, instances, engine, s, cfg.reward, budget, seed=cfg.seed, policy=QPolicy())
-
-    measured = measure_search(engine, run_search)
-    batches = measured.recorder.batches
-    replayed = batches
-    if args.max_replay is not None and len(batches) > args.max_replay:
-        replayed = random.Random(0).sample(batches, args.max_replay)
-    print(
-        f"search: {measured.tokens} tokens in {measured.wall:.1f}s; replaying {len(replayed)} micro-batches"
-    )
-    ceiling = replay_ceiling(engine, replayed)
-    full = full_batch_ceiling(engine, batches, e.batch_size, args.full_batches)
-    report["results"] = results(measured, ceiling, full, budget)
-    if args.profile:
-        print("profiling a second search (cProfile) ...")
-        report["results"]["profile_top_outside_torch"] = top = profile_search(run_search)
-        for row in top[:10]:
-            print(
-                f"  {row['own_s']:8.2f}s own  {row['cum_s']:8.2f}s cum  {row['calls']:>8} calls  {row['function']}"
-            )
+    if "probes" in args.workloads:
+        bench.adapters = random_loras(engine, cfg, bench.seed("adapters"))
+    del engine
+    workloads = {name: run_workload(bench, name, rates) for name in WORKLOADS if name in args.workloads}
+    report["results"] = {"machine": rates, "workloads": workloads}
     report["summary"] = summary_rows(report["results"])
     finish(NAME, args, report)
-
-
-def summary_rows(r: dict[str, Any]) -> list[dict[str, str]]:
-    t, w = r["time_breakdown"], r["waste"]
-    return [
-        summary_row("search tokens/s (wall)", r["search"]["tokens_per_s"]),
-        summary_row(
-            "ceiling tokens/s (same micro-batches, plain generate)", r["ceiling_same_batches"]["tokens_per_s"]
-        ),
-        summary_row("ratio search / ceiling", r["ratio_search_vs_ceiling"], "goal >= 0.8"),
-        summary_row("ratio engine (inside generate) / ceiling", r["ratio_engine_vs_ceiling"]),
-        summary_row("ratio search / full-batch ceiling", r["ratio_search_vs_full_batch_ceiling"]),
-        summary_row(
-            "time: model.generate (excl. sampler)", f"{t['model_generate_without_sampler']['fraction']:.1%}"
-        ),
-        summary_row("time: seeded sampler", f"{t['sampler']['fraction']:.1%}"),
-        summary_row(
-            "time: micro-batch overhead (prefix prefill, tensors)",
-            f"{t['micro_batch_overhead']['fraction']:.1%}",
-        ),
-        summary_row("time: wave overhead (chat templates, sorting)", f"{t['wave_overhead']['fraction']:.1%}"),
-        summary_row("time: NLL scoring", f"{t['nll_scoring']['fraction']:.1%}"),
-        summary_row("time: outside the engine (tree, rewards)", f"{t['outside_engine']['fraction']:.1%}"),
-        summary_row("early-finish waste (decode slots of finished rows)", f"{w['early_finish_waste']:.1%}"),
-        summary_row("prompt padding fraction", f"{w['prompt_padding_fraction']:.1%}"),
-        summary_row(
-            "prefill positions saved by shared-prefix reuse",
-            f"{w['prefill_saved_fraction']:.1%} ({w['prefill_tokens_saved']:,.0f})",
-        ),
-        summary_row(
-            "micro-batches / mean rows", f"{w['micro_batches']} / {w['mean_rows_per_micro_batch']:.1f}"
-        ),
-    ]
 
 
 if __name__ == "__main__":

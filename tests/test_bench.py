@@ -33,7 +33,10 @@ TOY = [
     "influence.warmup_batch_size=2",
 ]
 SIZES = {
-    "throughput": ["--trees", "2", "--expansions", "1", "--rollouts", "1", "--full-batches", "1"],
+    "throughput": [
+        *("--eval-tasks", "2", "--sample-tasks", "2", "--samples", "2", "--trees", "2", "--expansions", "1"),
+        *("--rollouts", "2", "--probes", "2", "--validation", "2", "--repeats", "1"),
+    ],
     "probe": [
         *("--groups", "2", "--validation", "2", "--trees", "3", "--expansions", "1"),
         *("--calibration-groups", "1", "--racing-initial", "1"),
@@ -69,6 +72,13 @@ def test_benchmark_runs_at_toy_sizes(tmp_path: Path, tiny_model: str, name: str)
         sharing = results["prompt_sharing"]  # the probes' scoring runs fewer tokens, same values
         assert sharing["tokens"]["shared"] < sharing["tokens"]["whole"]
         assert sharing["max_abs_logp_difference"] < 1e-3
+    if name == "throughput":
+        assert set(results["workloads"]) == {"evaluation", "sampling", "search", "probes"}
+        for workload in results["workloads"].values():  # both paths compute what is needed, reuse less
+            reuse, off = workload["reuse"], workload["off"]
+            assert reuse["distinct_positions"] <= reuse["positions_computed"] < off["positions_computed"]
+            assert off["distinct_positions"] <= off["positions_computed"]
+            assert workload["identical"]["compared"] > 0
     if name == "claims":
         assert set(results["ablation"]["scores"]) == {"full", "random", "q", "dits_gamma0", "dits_gamma1"}
         assert results["groups"] == len(results["group_table"]) > 0
