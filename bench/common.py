@@ -97,7 +97,9 @@ def scratch_config(name: str, args: argparse.Namespace, extra: Sequence[str] = (
     its finished stages, any other setting gets its own directory, and a config key added later with
     its default does not move the run (the run's executor still refuses a directory whose config
     differs)."""
-    cfg = bench_config(args.model, args.overrides, ["method=dits-dpo", *POOL_OVERRIDES, *extra])
+    cfg = bench_config(
+        args.model, args.overrides, ["method=dits-dpo", "search.guidance=q", *POOL_OVERRIDES, *extra]
+    )
     settings = json.dumps(cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
     digest = hashlib.blake2b(settings.encode(), digest_size=4).hexdigest()
     model = Path(args.model).name if os.sep in args.model else args.model

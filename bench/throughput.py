@@ -555,7 +555,7 @@ def workload_rows(name: str, w: dict[str, Any]) -> list[dict[str, str]]:
                 "probes: probe dialogues that differ from θ*'s; draft tokens accepted",
                 f"{reuse['probe_dialogues_changed']}/{reuse['probe_dialogues']}; "
                 f"{decoder['accepted_draft_tokens']:,} of {decoder['draft_tokens']:,}",
-                "calibrated probes change >= influence.target_change_fraction",
+                "depends on the probe step size (influence.probe_lr)",
             )
         )
     return rows

@@ -45,6 +45,10 @@ SIZES = {
         *("--sft-tasks", "2", "--trees", "4", "--validation", "2", "--seeds", "1"),
         *("--eval-limit", "2", "--probe-lr", "0.001"),
     ],
+    "budget": [
+        *("--sft-tasks", "2", "--trees", "2", "--levels", "1", "--replicates", "2", "--validation", "2"),
+        *("--eval-limit", "2", "--set=search.expansions=2", "--set=influence.probe_lr=0.001"),
+    ],
 }
 
 
@@ -67,8 +71,9 @@ def test_benchmark_runs_at_toy_sizes(tmp_path: Path, tiny_model: str, name: str)
     report = run_benchmark(name, tmp_path, *SIZES[name])
     results = report["results"]
     if name == "probe":
-        # the batched estimates and the one-adapter-at-a-time ones agree exactly
+        # decoded, no-drafts, one-adapter-at-a-time and batched estimates agree exactly
         assert results["identical_check"]["identical"] is True
+        assert len(results["identical_check"]["modes_compared"]) == 4
         sharing = results["prompt_sharing"]  # the probes' scoring runs fewer tokens, same values
         assert sharing["tokens"]["shared"] < sharing["tokens"]["whole"]
         assert sharing["max_abs_logp_difference"] < 1e-3
@@ -79,6 +84,10 @@ def test_benchmark_runs_at_toy_sizes(tmp_path: Path, tiny_model: str, name: str)
             assert reuse["distinct_positions"] <= reuse["positions_computed"] < off["positions_computed"]
             assert off["distinct_positions"] <= off["positions_computed"]
             assert workload["identical"]["compared"] > 0
+    if name == "budget":
+        assert set(results["arms"]) == {"optima", "dits", "dits-unguided"}
+        assert all(len(level["scores"]) == 2 for arm in results["arms"].values() for level in arm.values())
+        assert "minus_optima" in results["arms"]["dits"]["1"]
     if name == "claims":
         assert set(results["ablation"]["scores"]) == {"full", "random", "q", "dits_gamma0", "dits_gamma1"}
         assert results["groups"] == len(results["group_table"]) > 0

@@ -239,7 +239,7 @@ class InfluenceConfig(Section):
         description="calibration: the learning rates tried, ascending",
     )
     calibration_groups: int = Field(
-        6, ge=2, description="calibration: groups probed at every step size tried"
+        6, ge=1, description="calibration: groups probed at every step size tried"
     )
     max_score_drop: float = Field(
         0.1,
@@ -446,11 +446,13 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
             raise DitsError(
                 f"{source}: unknown config key {key!r}; see the README's config reference"
             ) from exc
+        if not key:  # a check across keys: its message names them
+            raise DitsError(f"{source}: {first['msg'].removeprefix('Value error, ')}") from exc
         raise DitsError(f"{source}: config key {key!r}: {first['msg']}") from exc
 
 

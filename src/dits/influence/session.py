@@ -127,9 +127,8 @@ class ProbeSession:
     def on_tasks(self, tasks: Sequence[TaskInstance], cfg: InfluenceConfig) -> Harness:
         """θ*'s validation dialogues on other ``tasks`` (same θ*, same step size): e.g. the second half
         of a split-half comparison."""
-        return make_harness(
-            self.prober, self.harness.system, tasks, cfg, self.seed, self.harness.holdout, False
-        )
+        harness = self.harness
+        return make_harness(self.prober, harness.system, tasks, cfg, self.seed, harness.holdout, harness.first_order)
 
     def measure(
         self,
