@@ -309,15 +309,21 @@ class Decoder:
             self._append(row, token, params, done)
 
     def _retire(self, cache: SlotCache, active: list[Row]) -> list[Row]:
-        """Put finished rows' keys/values in the tree and free their slots (later rows move down)."""
-        kept: list[Row] = []
-        for slot, row in enumerate(active):
+        """Put finished rows' keys/values in the tree and free their slots: the last running row moves
+        into each freed slot, so the running rows stay in the leading slots at one row copy per finish."""
+        kept = list(active)
+        slot = 0
+        while slot < len(kept):
+            row = kept[slot]
             if row.finish is None and (row.pending is not None or row.draft):
-                if slot != len(kept):
-                    cache.move(slot, len(kept), row.length)
-                kept.append(row)
-            elif self.tree.enabled and row.length:
+                slot += 1
+                continue
+            if self.tree.enabled and row.length:
                 self.tree.insert(row.adapter, row.fed, cache.read(slot, row.length))
+            last = kept.pop()
+            if slot < len(kept):
+                cache.move(len(kept), slot, last.length)
+                kept[slot] = last
         return kept
 
     # ------------------------------------------------------------------ the model

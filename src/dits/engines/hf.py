@@ -185,13 +185,11 @@ class HFEngine:
             prompt, adapter = self.render(request), self._adapter_of(request)
             draft = self._draft_ids(request, params)
             rows += [Row(prompt, adapter, derive_seed(request.seed, k), list(draft)) for k in range(params.n)]
-        generated_before = self.stats.generated_tokens
         self.decoder.run(rows, params, done=self._stop_string_check(params))
         completions = [self._completion(row, params) for row in rows]
         self.stats.calls += 1
         self.stats.requests += len(requests)
         self.stats.extra["prefill_tokens_saved"] = float(self.decoder.stats.cached_tokens)
-        assert self.stats.generated_tokens >= generated_before
         return [completions[i * params.n : (i + 1) * params.n] for i in range(len(requests))]
 
     def _draft_ids(self, request: GenerationRequest, params: SamplingParams) -> list[int]:
@@ -251,14 +249,17 @@ class HFEngine:
         )
         model = self.reference if self.reference is not None else self.model
         ctx = model.disable_adapter() if hasattr(model, "peft_config") else nullcontext()
+        first = min(start for _, start in batch) - 1  # scores are needed from here on only
         with ctx:
-            logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        token_lp = logprobs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+            logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=width - first).logits
+        targets = input_ids[:, first + 1 :]
+        token_nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), targets, reduction="none"
+        )
         values = []
         for row, (ids, start) in enumerate(batch):
-            span = token_lp[row, start - 1 : len(ids) - 1]
-            values.append(float(-span.mean()) if span.numel() else 0.0)
+            span = token_nll[row, start - 1 - first : len(ids) - 1 - first]
+            values.append(float(span.mean()) if span.numel() else 0.0)
         tokens = sum(len(ids) for ids, _ in batch)
         self.stats.emit(BatchEvent("nll", len(batch), tokens, len(batch) * width, 1, time.perf_counter() - started))
         return values
