@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dits.errors import DitsError
 
@@ -77,6 +77,12 @@ class EngineConfig(Section):
         description="openai: folder (readable by the servers) where in-memory adapters are written; "
         "null: a temporary folder (servers on this machine)",
     )
+
+    @field_validator("base_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        """One URL, or several separated by commas (as a command-line override gives them)."""
+        return [url.strip() for url in value.split(",") if url.strip()] if isinstance(value, str) else value
 
 
 class DialogueConfig(Section):

@@ -330,10 +330,25 @@ class OpenAIServerEngine:
         if params.stop:
             body["stop"] = list(params.stop)
         url = self._url(seed)
-        response = await self._call(
-            url, f"model {model!r}", lambda c: c.chat.completions.create(**body)
-        )
-        return _completion(response, params)
+        response = await self._call(url, f"model {model!r}", lambda c: c.chat.completions.create(**body))
+        return self._completion(response, messages, params)
+
+    def _completion(self, response: Any, messages: list[Message], params: SamplingParams) -> Completion:
+        """A chat completion as the engine protocol counts it: the text cut at the first stop string (a
+        server may keep it), ``num_tokens`` without the EOS token that servers count in ``usage``."""
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        by_string = isinstance((choice.model_extra or {}).get("stop_reason"), str)  # vLLM says which
+        for stop in params.stop:
+            if stop in text:
+                text, by_string = text.split(stop, 1)[0], True
+        tokens = response.usage.completion_tokens if response.usage is not None else 0
+        if choice.finish_reason == "length" and not by_string:
+            return Completion(text, tokens, "length")
+        if params.stop and not by_string:  # transformers serve also matches stop strings the prompt's end begins
+            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            by_string = any(stop in prompt[-len(stop) :] + text for stop in params.stop)
+        return Completion(text, tokens if by_string else max(tokens - 1, 0), "stop")
 
     # ------------------------------------------------------------------ scoring
     def nll(self, texts: Sequence[str]) -> list[float]:
@@ -455,23 +470,6 @@ def _message(exc: Any) -> str:
             return str(inner.get("message") or inner.get("detail") or inner)
         return str(body.get("message") or body.get("detail") or inner)
     return str(body or getattr(exc, "message", exc))
-
-
-def _completion(response: Any, params: SamplingParams) -> Completion:
-    """A chat completion as the engine protocol counts it: the text cut at the first stop string (a server
-    may keep it), ``num_tokens`` without the EOS token that servers count in ``usage``."""
-    choice = response.choices[0]
-    text = choice.message.content or ""
-    by_string = isinstance((choice.model_extra or {}).get("stop_reason"), str)
-    for stop in params.stop:
-        if stop in text:
-            text, by_string = text.split(stop, 1)[0], True
-    tokens = response.usage.completion_tokens if response.usage is not None else 0
-    if by_string:
-        return Completion(text, tokens, "stop")
-    if choice.finish_reason == "length":
-        return Completion(text, tokens, "length")
-    return Completion(text, max(tokens - 1, 0), "stop")
 
 
 def write_adapter(folder: Path, weights: AdapterWeights, base: str) -> None:
