@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -127,8 +128,8 @@ class OpenAIServerEngine:
     """Generation (and, where the server offers them, NLL and LoRA adapters) on OpenAI-compatible servers.
 
     ``model`` is what `SERVED` means, as for `HFEngine` (a built-in name, folder, adapter folder or hub
-    id); the server knows its base as ``served_model`` (default: the base's folder path or hub id, which is
-    what ``vllm serve FOLDER`` and ``transformers serve FOLDER`` call it). ``reference`` is the frozen
+    id); the server knows its base as ``served_model`` (default: the base's absolute folder path, or its
+    hub id: what ``vllm serve`` and ``transformers serve`` call a model given so). ``reference`` is the frozen
     initial model NLL scores under when ``model`` is a fully fine-tuned policy (``served_model`` then
     names ``reference``, and the policy goes by its folder path).
     """
@@ -152,14 +153,16 @@ class OpenAIServerEngine:
             raise DitsError("engine.base_urls is empty; give the API root of at least one server")
         if server not in PROFILES:
             raise DitsError(f"engine.server must be one of {', '.join(PROFILES)}, not {server!r}")
+        if importlib.util.find_spec("openai") is None:
+            raise DitsError("engine.kind=openai needs the openai package: pip install 'dits[serve]'")
         quiet_libraries()
         from transformers import AutoTokenizer
 
         self.ref = resolve_model(model) if isinstance(model, str) else model
         initial = resolve_model(reference) if reference is not None else self.ref
         self.initial = ModelRef(initial.base)
-        self.initial_name = served_model or initial.base  # NLL scores under it
-        self.model_name = self.initial_name if reference is None else self.ref.base  # BASE generates with it
+        self.initial_name = served_model or _server_name(initial.base)  # NLL scores under it
+        self.model_name = self.initial_name if reference is None else _server_name(self.ref.base)  # BASE's
         self.server = server
         self.profile = PROFILES[server]
         self.capabilities = Capabilities(
@@ -295,7 +298,9 @@ class OpenAIServerEngine:
         self, requests: Sequence[GenerationRequest], params: SamplingParams
     ) -> list[list[Completion]]:
         jobs = [
-            self._sample(request.messages, self._model_of(request.adapter), derive_seed(request.seed, k), params)
+            self._sample(
+                request.messages, self._model_of(request.adapter), derive_seed(request.seed, k), params
+            )
             for request in requests
             for k in range(params.n)
         ]
@@ -345,7 +350,9 @@ class OpenAIServerEngine:
         tokens = response.usage.completion_tokens if response.usage is not None else 0
         if choice.finish_reason == "length" and not by_string:
             return Completion(text, tokens, "length")
-        if params.stop and not by_string:  # transformers serve also matches stop strings the prompt's end begins
+        if (
+            params.stop and not by_string
+        ):  # transformers serve also matches stop strings the prompt's end begins
             prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             by_string = any(stop in prompt[-len(stop) :] + text for stop in params.stop)
         return Completion(text, tokens if by_string else max(tokens - 1, 0), "stop")
@@ -405,14 +412,22 @@ class OpenAIServerEngine:
             await self._unload(name)
         body = {"lora_name": name, "lora_path": str(path)}
         await _all(
-            self._call(url, "POST /v1/load_lora_adapter", lambda c: c.post("/load_lora_adapter", body=body, cast_to=str))
+            self._call(
+                url,
+                "POST /v1/load_lora_adapter",
+                lambda c: c.post("/load_lora_adapter", body=body, cast_to=str),
+            )
             for url in self.base_urls
         )
 
     async def _unload(self, name: str) -> None:
         body = {"lora_name": name}
         await _all(
-            self._call(url, "POST /v1/unload_lora_adapter", lambda c: c.post("/unload_lora_adapter", body=body, cast_to=str))
+            self._call(
+                url,
+                "POST /v1/unload_lora_adapter",
+                lambda c: c.post("/unload_lora_adapter", body=body, cast_to=str),
+            )
             for url in self.base_urls
         )
 
@@ -459,6 +474,12 @@ class OpenAIServerEngine:
             f"engine.kind=openai runs the model on the server at {self.base_urls[0]}: there is no model in "
             "this process to train; use engine.kind=hf"
         )
+
+
+def _server_name(base: str) -> str:
+    """A server's default name for a model: its absolute folder path for a local folder, else the hub id."""
+    path = Path(base)
+    return str(path.resolve()) if path.exists() else base
 
 
 def _message(exc: Any) -> str:
