@@ -70,7 +70,7 @@ def transformers_server(tiny_model: str, tmp_path_factory: pytest.TempPathFactor
     """`transformers serve` with the tiny model on 127.0.0.1 (needs the `serve` extra)."""
     if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
         pytest.skip("transformers serve needs the serve extra: pip install -e '.[serve]' (make test does)")
-    from servers import transformers_serve
+    from dits.engines.launch import transformers_serve
 
     server = transformers_serve(tiny_model, tmp_path_factory.mktemp("serve") / "server.log").start()
     yield server

@@ -14,10 +14,11 @@ from dits.config import load_config
 from dits.engines.base import Completion, GenerationRequest, SamplingParams
 from dits.engines.factory import make_engine
 from dits.engines.hf import HFEngine
+from dits.engines.launch import free_port
 from dits.engines.openai_server import OpenAIServerEngine
 from dits.errors import DitsError
 from dits.utils import derive_seed
-from servers import VLLMStub, free_port
+from servers import VLLMStub
 from test_engine_conformance import PROMPTS, chat, lora_weights
 
 GREEDY = SamplingParams(max_new_tokens=5)

