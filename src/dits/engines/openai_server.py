@@ -433,26 +433,18 @@ class OpenAIServerEngine:
     async def _load(self, name: str, path: Path) -> None:
         if name in self._adapters:
             await self._unload(name)
-        body = {"lora_name": name, "lora_path": str(path)}
-        await _all(
-            self._call(
-                url,
-                "POST /v1/load_lora_adapter",
-                lambda c: c.post("/load_lora_adapter", body=body, cast_to=str),
-            )
-            for url in self.base_urls
-        )
+        await self._post_everywhere("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
 
     async def _unload(self, name: str) -> None:
-        body = {"lora_name": name}
-        await _all(
-            self._call(
-                url,
-                "POST /v1/unload_lora_adapter",
-                lambda c: c.post("/unload_lora_adapter", body=body, cast_to=str),
-            )
-            for url in self.base_urls
-        )
+        await self._post_everywhere("/unload_lora_adapter", {"lora_name": name})
+
+    async def _post_everywhere(self, path: str, body: dict[str, str]) -> None:
+        """``POST path`` (under the API root) with ``body`` to every server."""
+
+        def send(client: Any) -> Awaitable[str]:
+            return client.post(path, body=body, cast_to=str)
+
+        await _all(self._call(url, f"POST /v1{path}", send) for url in self.base_urls)
 
     def add_adapter(self, name: str, weights: AdapterWeights) -> None:
         """Write ``weights`` as a PEFT folder into ``engine.adapter_dir`` and load it as ``name``."""
