@@ -1,7 +1,7 @@
 """The server engine against the in-process engine on this machine: the same greedy two-agent dialogues
 through `transformers serve` (``engine.kind=openai``) and with `HFEngine` (their ratio of wall times, and
-whether the dialogues are identical), and what loading one probe adapter costs (in process, and on a
-vLLM server given with ``--vllm-url``).
+whether the dialogues are identical), and what loading one probe adapter costs in process; with
+``--vllm-url``, the same dialogues and adapters through a vLLM server too.
 
     python bench/engines.py --quick                   # 4 dialogues, 4 adapters
     python bench/engines.py --vllm-url http://127.0.0.1:8000/v1   # vLLM serving the same model, --enable-lora
@@ -114,6 +114,9 @@ def main() -> None:
     }
     if args.vllm_url:
         vllm = OpenAIServerEngine(cfg.model, base_urls=[args.vllm_url], server="vllm")
+        through_vllm, vllm_s = dialogues(cfg, vllm, args.dialogues)
+        results["vllm_seconds"], results["vllm_over_hf"] = vllm_s, ratio(vllm_s, hf_s)
+        results["vllm_identical_dialogues"] = through_vllm == here
         results["vllm_adapter_seconds"] = adapter_seconds(vllm, cfg, args.adapters)
     report["config"] = {"engine": cfg.engine.model_dump(), "dialogue": cfg.dialogue.model_dump()}
     report["results"] = results
@@ -133,10 +136,13 @@ def summary_rows(r: dict[str, Any]) -> list[dict[str, str]]:
         summary_row("identical dialogues", r["identical_dialogues"], "required"),
         summary_row("adapter add + remove, in process: s per probe", r["hf_adapter_seconds"]),
     ]
-    if "vllm_adapter_seconds" in r:
-        rows.append(
-            summary_row("adapter write + load + unload, vLLM: s per probe", r["vllm_adapter_seconds"])
-        )
+    if "vllm_seconds" in r:
+        rows += [
+            summary_row("vLLM through engine.kind=openai: s", r["vllm_seconds"]),
+            summary_row("wall time vLLM / in process", r["vllm_over_hf"]),
+            summary_row("vLLM: identical dialogues", r["vllm_identical_dialogues"]),
+            summary_row("adapter write + load + unload, vLLM: s per probe", r["vllm_adapter_seconds"]),
+        ]
     return rows
 
 
