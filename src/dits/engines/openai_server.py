@@ -126,6 +126,7 @@ async def _all(coros: Iterable[Awaitable[T]]) -> list[T]:
 
 
 def _one_line(text: str, limit: int = 200) -> str:
+    """``text`` on one line, cut to ``limit`` characters (servers' messages may span lines)."""
     text = re.sub(r"\s+", " ", text).strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
