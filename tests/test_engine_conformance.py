@@ -32,29 +32,47 @@ def chat(text: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": text}]
 
 
-def fake_engine(tiny_model: str) -> Engine:
+def fake_engine(request: pytest.FixtureRequest) -> Engine:
     from dits.engines.fake import FakeEngine
 
     return FakeEngine()
 
 
-def hf_engine(tiny_model: str) -> Engine:
+def hf_engine(request: pytest.FixtureRequest) -> Engine:
     from dits.engines.hf import HFEngine
 
-    return HFEngine(tiny_model, batch_size=3)
+    return HFEngine(request.getfixturevalue("tiny_model"), batch_size=3)
 
 
-ENGINES: dict[str, Callable[[str], Engine]] = {"fake": fake_engine, "hf": hf_engine}
+def openai_engine(server_fixture: str, server: str) -> Callable[[pytest.FixtureRequest], Engine]:
+    """The server engine against the (session-wide) server that fixture ``server_fixture`` starts."""
+
+    def build(request: pytest.FixtureRequest) -> Engine:
+        from dits.engines.openai_server import OpenAIServerEngine
+
+        url = request.getfixturevalue(server_fixture).url
+        return OpenAIServerEngine(request.getfixturevalue("tiny_model"), base_urls=[url], server=server)
+
+    return build
+
+
+ENGINES: dict[str, Callable[[pytest.FixtureRequest], Engine]] = {
+    "fake": fake_engine,
+    "hf": hf_engine,
+    "openai-vllm-stub": openai_engine("vllm_stub", "vllm"),
+    "openai-transformers-serve": openai_engine("transformers_server", "transformers"),
+}
+"""Each engine's factory; it takes the server fixtures it needs from the test's ``request``."""
 
 
 @pytest.fixture(params=sorted(ENGINES))
-def engine(request: pytest.FixtureRequest, tiny_model: str) -> Iterator[Engine]:
-    yield ENGINES[request.param](tiny_model)
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    yield ENGINES[request.param](request)
 
 
 def lora_weights(engine: Engine, seed: int) -> AdapterWeights:
-    """A random, non-zero LoRA adapter on the engine's model (a name-only adapter for the fake engine)."""
-    if not engine.capabilities.trainable_model:
+    """A random, non-zero LoRA adapter on the engine's model (a name-only adapter for an engine without one)."""
+    if getattr(engine, "ref", None) is None:
         return AdapterWeights(None, {})
     import torch
     from peft import LoraConfig, get_peft_model
@@ -98,6 +116,13 @@ def test_a_seed_reproduces_its_sample_and_greedy_ignores_it(engine: Engine) -> N
     a = engine.generate([GenerationRequest(chat(PROMPTS[1]), seed=1)], greedy)
     b = engine.generate([GenerationRequest(chat(PROMPTS[1]), seed=2)], greedy)
     assert a[0][0].text == b[0][0].text
+
+
+def test_sampling_differs_between_seeds(engine: Engine) -> None:
+    """Catches servers that ignore the sampling fields (e.g. ``transformers serve`` without ``do_sample``)."""
+    sampled = SamplingParams(temperature=1.0, max_new_tokens=6)
+    out = engine.generate([GenerationRequest(chat(PROMPTS[0]), seed=s) for s in range(6)], sampled)
+    assert len({c[0].text for c in out}) > 1
 
 
 def test_stop_strings_are_cut_from_the_text(engine: Engine) -> None:
@@ -149,7 +174,7 @@ def test_an_adapter_folder_loads_like_its_weights(engine: Engine, tmp_path: Path
         return
     weights = lora_weights(engine, 3)
     folder = tmp_path / "adapter"
-    if engine.capabilities.trainable_model:
+    if weights.state:
         from peft import get_peft_model, set_peft_model_state_dict
 
         model: Any = get_peft_model(_fresh_base(engine), weights.config)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dits.errors import DitsError
 
@@ -40,10 +40,14 @@ class TaskConfig(Section):
 class EngineConfig(Section):
     """Text generation backend."""
 
-    kind: Literal["hf", "fake"] = Field(
-        "hf", description="hf (transformers model, continuous batching) or fake (scripted, tests)"
+    kind: Literal["hf", "fake", "openai"] = Field(
+        "hf",
+        description="hf (transformers model, continuous batching), openai (an OpenAI-compatible server: vLLM, "
+        "SGLang, transformers serve) or fake (scripted, tests)",
     )
-    batch_size: int = Field(32, ge=1, description="rows decoded together (slots of the running batch)")
+    batch_size: int = Field(
+        32, ge=1, description="rows decoded together (slots of the running batch); openai: the local scorer's"
+    )
     device: str | None = Field(None, description="torch device, e.g. cuda or cpu; null: cuda if available")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="model weights' dtype; auto: bfloat16 on GPU, float32 on CPU"
@@ -54,6 +58,31 @@ class EngineConfig(Section):
         description="memory for cached keys/values of prompt prefixes, reused across turns and tree "
         "rollouts (least recently used evicted first); 0 turns reuse off",
     )
+    base_urls: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8000/v1"],
+        description="openai: the servers' API roots; each sample goes to one chosen by its seed",
+    )
+    served_model: str | None = Field(
+        None, description="openai: the server's name of `model`; null: its folder path (or hub id)"
+    )
+    server: Literal["vllm", "transformers", "generic"] = Field(
+        "generic",
+        description="openai: what the server offers; vllm: NLL and LoRA adapters on the server, transformers "
+        "(transformers serve) and generic: NLL by a local copy of the model, no adapters",
+    )
+    max_concurrency: int = Field(16, ge=1, description="openai: requests in flight per server")
+    timeout_s: float = Field(600, gt=0, description="openai: seconds one request may take")
+    adapter_dir: str | None = Field(
+        None,
+        description="openai: folder (readable by the servers) where in-memory adapters are written; "
+        "null: a temporary folder (servers on this machine)",
+    )
+
+    @field_validator("base_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        """One URL, or several separated by commas (as a command-line override gives them)."""
+        return [url.strip() for url in value.split(",") if url.strip()] if isinstance(value, str) else value
 
 
 class DialogueConfig(Section):

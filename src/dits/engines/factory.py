@@ -13,6 +13,20 @@ def make_engine(cfg: EngineConfig, model: str, reference: str | None = None) -> 
         from dits.engines.fake import FakeEngine
 
         return FakeEngine()
+    if cfg.kind == "openai":
+        from dits.engines.openai_server import OpenAIServerEngine
+
+        return OpenAIServerEngine(
+            model,
+            base_urls=cfg.base_urls,
+            server=cfg.server,
+            served_model=cfg.served_model,
+            reference=reference,
+            max_concurrency=cfg.max_concurrency,
+            timeout_s=cfg.timeout_s,
+            adapter_dir=cfg.adapter_dir,
+            scorer_options={"batch_size": cfg.batch_size, "device": cfg.device, "dtype": cfg.dtype},
+        )
     from dits.engines.hf import HFEngine
 
     return HFEngine(

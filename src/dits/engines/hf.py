@@ -219,17 +219,7 @@ class HFEngine:
     def nll(self, texts: Sequence[str]) -> list[float]:
         """Mean token NLL of each text as a lone assistant message, under the base model (adapters off)."""
         self.stats.nll_texts += len(texts)
-        prefix = self.tokenizer.apply_chat_template(
-            [{"role": "system", "content": ""}], tokenize=True, add_generation_prompt=True, return_dict=False
-        )
-        encoded = []
-        for text in texts:
-            full = self.tokenizer.apply_chat_template(
-                [{"role": "system", "content": ""}, {"role": "assistant", "content": text}],
-                tokenize=True,
-                return_dict=False,
-            )
-            encoded.append((list(full), len(prefix)))
+        encoded = nll_inputs(self.tokenizer, texts)
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i][0]))
         result = [0.0] * len(texts)
         for start in range(0, len(order), self.batch_size):
@@ -266,6 +256,27 @@ class HFEngine:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def nll_inputs(tokenizer: Any, texts: Sequence[str]) -> list[tuple[list[int], int]]:
+    """Each text as a lone assistant message after an empty system prompt, rendered by the chat template:
+    its token ids and the index of the first token scored (where the assistant's text starts)."""
+    prefix = tokenizer.apply_chat_template(
+        [{"role": "system", "content": ""}], tokenize=True, add_generation_prompt=True, return_dict=False
+    )
+    return [
+        (
+            list(
+                tokenizer.apply_chat_template(
+                    [{"role": "system", "content": ""}, {"role": "assistant", "content": text}],
+                    tokenize=True,
+                    return_dict=False,
+                )
+            ),
+            len(prefix),
+        )
+        for text in texts
+    ]
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
