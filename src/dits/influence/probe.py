@@ -204,9 +204,42 @@ class ProbeStats:
     probe_seconds: float = 0.0
 
 
-class Prober:
-    """θ* in the engine's trainable model (adapter ``name``), the reference log-probs of ``pairs``, probes.
+class LocalModel:
+    """A copy of the model in this process, for engines that cannot train in place (inference servers):
+    θ* and the probe steps train here, and θ*'s weights are hosted in the engine as an adapter."""
 
+    def __init__(self, model: str, policy: str | None, policy_path: str | None) -> None:
+        from transformers import AutoModelForCausalLM
+
+        from dits.models import resolve_model
+
+        ref = resolve_model(model)
+        self.model: Any = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch.float32)
+        if policy is not None:
+            if policy_path is None:
+                raise DitsError("a local probe model needs the policy adapter's folder")
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, policy_path, adapter_name=policy)
+        self.model.eval()
+
+    def add_adapter(self, name: str, weights: AdapterWeights) -> None:
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        if not hasattr(self.model, "peft_config"):
+            self.model = get_peft_model(self.model, weights.config, adapter_name=name)
+        else:
+            self.model.add_adapter(name, weights.config)
+        set_peft_model_state_dict(self.model, weights.state, adapter_name=name)
+        self.model.eval()
+
+
+class Prober:
+    """θ* (adapter ``name``), the reference log-probs of ``pairs``, probes.
+
+    θ* trains in the engine's own model when it offers one (`Capabilities.trainable_model`: generation
+    then sees every change at once); otherwise in a `LocalModel` built from ``local_model`` (the run's
+    model) and ``policy_path``, and θ*'s weights are pushed to the engine as an adapter after every change.
     ``policy``: the hosted adapter θ* starts from and the frozen DPO reference (None: a fresh LoRA from
     ``lora``, against the bare base model). ``dpo`` gives the loss (``beta``, ``nll_weight``) and
     ``max_length``; ``pairs_per_batch`` pairs are scored per forward pass. Pairs whose prompt cannot
@@ -224,12 +257,21 @@ class Prober:
         name: str = THETA,
         seed: int = 0,
         pairs_per_batch: int = 16,
+        local_model: str | None = None,
+        policy_path: str | None = None,
     ) -> None:
-        require(engine, "trainable_model", "influence probes")
         require(engine, "adapters", "influence probes")
         if len({p.id for p in pairs}) != len(pairs):
             raise DitsError("influence probes need unique pair ids")
         self.engine, self.name, self.dpo, self.seed, self.policy = engine, name, dpo, seed, policy
+        self.local: LocalModel | None = None
+        if not engine.capabilities.trainable_model:
+            if local_model is None:
+                raise DitsError(
+                    f"influence probes on engine {type(engine).__name__} (no model in this process) "
+                    "need the model to train θ* locally (local_model)"
+                )
+            self.local = LocalModel(local_model, policy, policy_path)
         self.stats = ProbeStats()
         self.pairs: dict[str, TokenizedPair] = {}
         self.reference: dict[str, torch.Tensor] = {}
@@ -240,6 +282,8 @@ class Prober:
         self.params = {n: p for n, p in self.model.named_parameters() if f".{name}." in n}
         self.add_pairs(pairs)
         self.theta = self._snapshot()
+        if self.local is not None:
+            self._host()
 
     def add_pairs(self, pairs: Sequence[PreferencePair]) -> None:
         """Make ``pairs`` probe-able: tokenised, their reference log-probs computed (once per pair id;
@@ -257,7 +301,17 @@ class Prober:
 
     @property
     def model(self) -> Any:
-        return self.engine.trainable_model()  # re-read: adding the first adapter wraps the model
+        """The model θ* trains in (re-read: adding the first adapter wraps it)."""
+        return self.local.model if self.local is not None else self.engine.trainable_model()
+
+    def _host(self) -> None:
+        """Make the engine generate with θ*'s current weights."""
+        if self.local is None:
+            self.engine.weights_changed(self.name)
+            return
+        if self.name in self.engine.adapters():
+            self.engine.remove_adapter(self.name)
+        self.engine.add_adapter(self.name, AdapterWeights(self.config, self.state()))
 
     # ------------------------------------------------------------------ setup
     def _create(self, policy: str | None, lora: LoraSettings | None) -> Any:
@@ -278,7 +332,7 @@ class Prober:
         config.lora_dropout, config.inference_mode = 0.0, False
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
             torch.manual_seed(derive_seed(self.seed, "theta") % 2**31)
-            self.engine.add_adapter(self.name, AdapterWeights(config, state))
+            (self.local or self.engine).add_adapter(self.name, AdapterWeights(config, state))
         return config
 
     @contextmanager
@@ -373,7 +427,7 @@ class Prober:
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(self._step(optimizer, batch))
         self.theta = self._snapshot()
-        self.engine.weights_changed(self.name)
+        self._host()
         return losses
 
     @contextmanager
@@ -404,7 +458,7 @@ class Prober:
 
         set_peft_model_state_dict(self.model, dict(state), adapter_name=self.name)
         self.theta = self._snapshot()
-        self.engine.weights_changed(self.name)
+        self._host()
 
     def reflect(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The adapter state on the other side of θ*: θ* − (state − θ*) (a central difference's minus side)."""
@@ -463,3 +517,4 @@ class Prober:
             param.requires_grad_(flag)
         if self.name in self.engine.adapters():
             self.engine.remove_adapter(self.name)
+        self.local = None

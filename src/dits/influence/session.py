@@ -128,7 +128,9 @@ class ProbeSession:
         """θ*'s validation dialogues on other ``tasks`` (same θ*, same step size): e.g. the second half
         of a split-half comparison."""
         harness = self.harness
-        return make_harness(self.prober, harness.system, tasks, cfg, self.seed, harness.holdout, harness.first_order)
+        return make_harness(
+            self.prober, harness.system, tasks, cfg, self.seed, harness.holdout, harness.first_order
+        )
 
     def measure(
         self,
@@ -250,12 +252,23 @@ def open_session(
     lora: LoraSettings | None = None,
     first_order: bool = False,
     pairs_per_batch: int = 16,
+    local_model: str | None = None,
+    policy_path: str | None = None,
 ) -> ProbeSession:
     """The iteration's session: reopened from ``folder`` if saved there, else measured (module docstring)
-    from the first influence stage's ``candidates`` and the validation ``pool`` (≥ V tasks) and saved."""
+    from the first influence stage's ``candidates`` and the validation ``pool`` (≥ V tasks) and saved.
+    ``local_model``/``policy_path``: where θ* trains when the engine cannot train in place (`Prober`)."""
     saved = folder / SESSION_FILE
     prober = Prober(
-        engine, candidates, dpo, policy=policy, lora=lora, seed=seed, pairs_per_batch=pairs_per_batch
+        engine,
+        candidates,
+        dpo,
+        policy=policy,
+        lora=lora,
+        seed=seed,
+        pairs_per_batch=pairs_per_batch,
+        local_model=local_model,
+        policy_path=policy_path,
     )
     try:
         if saved.exists():

@@ -83,6 +83,8 @@ def probe_session(
             lora=cfg.dpo.lora_settings,
             first_order=cfg.influence.first_order_proxy,
             pairs_per_batch=pairs_per_batch(cfg),
+            local_model=cfg.model,
+            policy_path=None if policy is None else str(policy.path),
         )
     return ctx.live[key]
 
@@ -224,7 +226,9 @@ def selection_stage(
             )
         neutral = fmean(influence.values())
         scored = {p.id: influence.get(p.id, neutral) for p in pairs}
-        chosen = select_pairs(list(pairs), scored, ctx.cfg.selection, seed=ctx.replica_seed(iteration, "select"))
+        chosen = select_pairs(
+            list(pairs), scored, ctx.cfg.selection, seed=ctx.replica_seed(iteration, "select")
+        )
         log.rewrite(p.to_dict() for p in chosen)
         values = _group_values(ctx, iteration, influence)
         return {
