@@ -53,7 +53,7 @@ class EngineConfig(Section):
         "auto", description="model weights' dtype; auto: bfloat16 on GPU, float32 on CPU"
     )
     kv_cache_mb: float = Field(
-        2048,
+        1024,
         ge=0,
         description="memory for cached keys/values of prompt prefixes, reused across turns and tree "
         "rollouts (least recently used evicted first); 0 turns reuse off",

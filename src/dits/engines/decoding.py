@@ -139,7 +139,6 @@ class Decoder:
         self.dtype, self.device = dtype, device
         self.tie_margin = tie_margin
         self.stats = DecodeStats()
-        self._cache: SlotCache | None = None
 
     @property
     def model(self) -> Any:
@@ -160,7 +159,7 @@ class Decoder:
                 row.noise = NoiseStream(row.seed, vocab)
         waiting = sorted(rows, key=lambda r: (r.adapter, r.prompt))  # siblings start together
         longest = max(len(r.prompt) + len(r.draft) for r in rows) + params.max_new_tokens + 1
-        cache = self._slot_cache(min(self.slots, len(rows)), longest)
+        cache = SlotCache(self.model.config, min(self.slots, len(rows)), longest, self.dtype, self.device)
         active: list[Row] = []
         while waiting or active:
             free = cache.slots - len(active)
@@ -175,14 +174,6 @@ class Decoder:
             if active:
                 self._decode_step(cache, active, params, done)
                 active = self._retire(cache, active)
-
-    def _slot_cache(self, slots: int, capacity: int) -> SlotCache:
-        cache = self._cache
-        if cache is None or cache.slots < slots:
-            cache = SlotCache(self.model.config, max(slots, 1), capacity, self.dtype, self.device)
-            self._cache = cache
-        cache.ensure_capacity(capacity)
-        return cache
 
     # ------------------------------------------------------------------ prefill
     def _share_prefixes(self, cache: SlotCache, start: int, rows: Sequence[Row]) -> None:

@@ -64,7 +64,7 @@ class HFEngine:
         batch_size: int = 32,
         device: str | None = None,
         dtype: str = "auto",
-        kv_cache_mb: float = 2048,
+        kv_cache_mb: float = 1024,
         reference: str | ModelRef | None = None,
     ) -> None:
         quiet_libraries()
