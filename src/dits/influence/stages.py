@@ -51,6 +51,7 @@ def influence_stage(
     influence for every pair probed so far in the iteration."""
     cfg = ctx.cfg
     log = influence_log(ctx, iteration)
+    report_path = ctx.store.path(iteration, f"{key.split('/', 1)[1].replace('/', '_')}_report.json")
 
     def work() -> dict[str, Any]:
         # Pairs probed by earlier stages (search rounds) keep their value; this stage's own finished
@@ -90,8 +91,7 @@ def influence_stage(
             first_order=cfg.influence.first_order_proxy,
             pairs_per_batch=pairs_per_batch(cfg),
         )
-        name = key.split("/", 1)[1].replace("/", "_")
-        write_atomic(ctx.store.path(iteration, f"{name}_report.json"), json.dumps(report.to_dict(), indent=1))
+        write_atomic(report_path, json.dumps(report.to_dict(), indent=1))
         agreement = {k: v.__dict__ for k, v in report.proxy_agreement().items()}
         return {
             "groups": len(report.groups),
@@ -108,7 +108,7 @@ def influence_stage(
             "proxy_agreement": agreement,
         }
 
-    ctx.stage(key, work)
+    ctx.stage(key, work, outputs=[log.path, report_path])
     return probed_influence(ctx, iteration)
 
 
@@ -148,7 +148,7 @@ def selection_stage(
             "strategy": ctx.cfg.selection.strategy,
         }
 
-    ctx.stage(f"{iteration}/selected", work)
+    ctx.stage(f"{iteration}/selected", work, outputs=[log.path])
     return [PreferencePair.from_dict(r) for r in log]
 
 
