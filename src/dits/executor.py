@@ -62,12 +62,14 @@ class Run:
         leftovers = remove_leftovers(root)
         if leftovers:
             console.print(
-                f"{root}: removed {len(leftovers)} temp files or work folders of an interrupted run"
+                f"{root}: removed {len(leftovers)} temp files or work folders of an interrupted run",
+                soft_wrap=True,
             )
         self.store = RunStore(root)
         self._check_config()
         if redo is not None:
-            console.print(f"--redo {redo}: these stages run again: {', '.join(self.store.redo(redo))}")
+            dropped = ", ".join(self.store.redo(redo))
+            console.print(f"--redo {redo}: these stages run again: {dropped}", soft_wrap=True)
         damage = self.store.damaged()
         if damage:
             stage, rel, issue = damage[0]
@@ -126,7 +128,8 @@ class Run:
             dropped = JsonlLog(self.store.path(rel)).repair() if rel.endswith(".jsonl") else 0
             if dropped:
                 console.print(
-                    f"{key}: dropped the torn last line of {rel} ({dropped} bytes, an interrupted write)"
+                    f"{key}: dropped the torn last line of {rel} ({dropped} bytes, an interrupted write)",
+                    soft_wrap=True,
                 )
         timer = StageTimer(key)
         tokens_before = tokens()
