@@ -227,7 +227,6 @@ class InfluenceConfig(Section):
         "auto", description="learning rate of the probe step; auto: calibrated on probe_lr_grid"
     )
     probe_lr_grid: list[Annotated[float, Field(gt=0)]] = Field(
-        min_length=1,
         default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
         description="calibration: the learning rates tried, ascending",
     )
@@ -270,6 +269,15 @@ class InfluenceConfig(Section):
         if grid != sorted(set(grid)):
             raise ValueError("the learning rates must be distinct and ascending")
         return grid
+
+    @model_validator(mode="after")
+    def _calibrated(self) -> InfluenceConfig:
+        if self.probe_lr == "auto" and not self.probe_lr_grid:
+            raise ValueError(
+                "probe_lr_grid is empty, but probe_lr: auto calibrates on it; list learning rates or set "
+                "probe_lr"
+            )
+        return self
 
     @property
     def racing_state_budget_bytes(self) -> int:
