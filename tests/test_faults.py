@@ -320,6 +320,9 @@ def test_bad_files_and_commands_end_in_one_line(tmp_path, tiny_model, monkeypatc
     wrong = tmp_path / "hotpot.jsonl"
     wrong.write_text('{"q": "who?", "a": "me"}\n')
     assert_one_line(invoke("tasks", "show", "hotpotqa", "--data-file", f"test={wrong}"), str(wrong), "layout")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": ')
     for args, fragment in [
         (
             ["eval", "--model", tiny_model, "--task", "synth-ie", "--limit", "-3"],
@@ -327,6 +330,7 @@ def test_bad_files_and_commands_end_in_one_line(tmp_path, tiny_model, monkeypatc
         ),
         (["eval", "--model", tiny_model, "--task", "synth-ie", "--limit", "0"], "--limit must be at least 1"),
         (["tasks", "show", "synth-ie", "--n", "-1"], "--n must be at least 1"),
+        (["eval", "--model", str(adapter), "--task", "synth-ie"], "adapter_config.json is damaged"),
         (["report", str(tmp_path)], "holds no run"),
     ]:
         assert_one_line(invoke(*args), fragment)

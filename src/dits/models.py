@@ -73,7 +73,13 @@ def resolve_model(name: str, *, pull: bool = True) -> ModelRef:
     path = Path(name).expanduser()
     if path.exists():
         if (path / "adapter_config.json").exists():
-            base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            try:
+                adapter = json.loads((path / "adapter_config.json").read_bytes().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise DitsError(
+                    f"{path}/adapter_config.json is damaged ({exc}); train or copy it again"
+                ) from None
+            base = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
             if not base:
                 raise DitsError(f"{path}/adapter_config.json has no base_model_name_or_path")
             return ModelRef(resolve_model(base, pull=pull).base, adapter=path)

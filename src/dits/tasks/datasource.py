@@ -83,6 +83,7 @@ def load_json_rows(task: str, path: Path) -> Rows:
     """Rows of a JSON-lines file or of a JSON array file, read with ``datasets``."""
     import datasets
 
+    datasets.disable_progress_bars()  # a local file loads in a blink; its bar would only be noise
     try:
         return datasets.load_dataset("json", data_files=str(path), split="train")
     except Exception as error:
