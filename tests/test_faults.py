@@ -288,6 +288,7 @@ RUN_MISTAKES = {
     "typo in the task": (["task.name=synth-ei"], "unknown task 'synth-ei'"),
     "typo in the model": (["model=smolm2-135m"], "unknown model 'smolm2-135m'"),
     "bad override value": (["search.expansions=[1"], "not a YAML value"),
+    "whole endless split": (["eval.limit=null"], "generated without end"),
 }
 
 
@@ -330,7 +331,11 @@ def test_bad_files_and_commands_end_in_one_line(tmp_path, tiny_model, monkeypatc
         ),
         (["eval", "--model", tiny_model, "--task", "synth-ie", "--limit", "0"], "--limit must be at least 1"),
         (["tasks", "show", "synth-ie", "--n", "-1"], "--n must be at least 1"),
-        (["eval", "--model", str(adapter), "--task", "synth-ie"], "adapter_config.json is damaged"),
+        (
+            ["eval", "--model", str(adapter), "--task", "synth-ie", "--limit", "1"],
+            "adapter_config.json is damaged",
+        ),
+        (["eval", "--model", tiny_model, "--task", "synth-ie"], "generated without end"),
         (["report", str(tmp_path)], "holds no run"),
     ]:
         assert_one_line(invoke(*args), fragment)

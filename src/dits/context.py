@@ -24,7 +24,7 @@ from dits.engines.factory import make_engine
 from dits.errors import DitsError
 from dits.executor import Run, StageWork
 from dits.models import ModelRef, resolve_model
-from dits.runtime import build_system, take
+from dits.runtime import build_system, check_limit, take
 from dits.tasks.base import TaskInstance
 
 
@@ -51,6 +51,7 @@ class StageContext:
     def __init__(self, cfg: RunConfig, engine: Engine | None = None, *, redo: str | None = None) -> None:
         self.cfg = cfg
         self.system = build_system(cfg)
+        check_limit(self.system.task, cfg.eval.limit)
         resolve_model(cfg.model)
         if engine is not None and cfg.method in INFLUENCE_METHODS:
             require(engine, "trainable_model", f"method {cfg.method} (influence probes)")
