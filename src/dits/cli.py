@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 from collections.abc import Callable
@@ -24,18 +25,59 @@ app.add_typer(tree_app, name="tree")
 app.add_typer(config_app, name="config")
 
 
+WRITE_ERRORS = {
+    errno.ENOSPC: "free disk space",
+    errno.EDQUOT: "free disk space (the quota is used up)",
+    errno.EROFS: "the file system is read-only: choose a writable folder (runs_dir, --out)",
+    errno.EACCES: "fix the permissions or choose a writable folder (runs_dir, --out)",
+    errno.EPERM: "fix the permissions or choose a writable folder (runs_dir, --out)",
+}
+"""Errors of the machine, not of dits (a full disk, a read-only folder), and what to do about them."""
+
+
+def _write_error(exc: BaseException | None) -> OSError | None:
+    """The first `WRITE_ERRORS` error in ``exc``'s chain (libraries wrap them in their own errors)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _fail(message: str) -> typer.Exit:
+    """Print ``message`` as one error line; the exit (status 2) to raise."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", soft_wrap=True, highlight=False)
+    return typer.Exit(2)
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a user mistake as one line (no traceback) and exit with status 2."""
+    """Print a user mistake, or a full disk or read-only folder, as one line (no traceback) and exit
+    with status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except DitsError as exc:
-            console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
-            raise typer.Exit(2) from None
+            raise _fail(str(exc)) from None
+        except Exception as exc:
+            found = _write_error(exc)
+            if found is None:
+                raise
+            raise _fail(
+                f"{found.filename or 'writing'}: {found.strerror}; {WRITE_ERRORS[found.errno]}. Nothing was "
+                "left half-written (a run keeps its finished stages and records): run the same command "
+                "again to continue"
+            ) from None
 
     return wrapper
+
+
+def _at_least(option: str, value: int | None, minimum: int) -> None:
+    if value is not None and value < minimum:
+        raise DitsError(f"{option} must be at least {minimum}, not {value}")
 
 
 # --------------------------------------------------------------------------------------- models
@@ -100,6 +142,7 @@ def tasks_show(
     from dits.mas.render import agent_view
     from dits.tasks.registry import get_task
 
+    _at_least("--n", n, 1)
     task = get_task(
         name, _parse_pairs(data_file or [], "--data-file") or None, **_parse_pairs(option or [], "--option")
     )
@@ -142,21 +185,28 @@ def eval_command(
     data_file: DataFileOpt = None,
     option: TaskOptionOpt = None,
     config: Annotated[
-        Path | None, typer.Option(help="take dialogue/engine settings from this run config")
+        Path | None,
+        typer.Option(help="take dialogue/engine settings from this run config (not its task: see --task)"),
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE")] = None,
     self_consistency: int = 0,
     seed: int = 0,
 ) -> None:
     """Greedy two-agent dialogues on a split: prints score and mean tokens, writes records."""
-    from dits.config import load_config
+    from dits.config import TaskConfig, load_config
     from dits.evaluate import evaluate, write_eval
     from dits.runtime import build_system, take
 
+    _at_least("--limit", limit, 1)
+    _at_least("--self-consistency", self_consistency, 0)
     cfg = load_config(config, set_ or [])
-    cfg.task.name = task
-    cfg.task.data_files.update({k: str(v) for k, v in _parse_pairs(data_file or [], "--data-file").items()})
-    cfg.task.options.update(_parse_pairs(option or [], "--option"))
+    cfg.task = TaskConfig(
+        name=task,
+        data_files={k: str(v) for k, v in _parse_pairs(data_file or [], "--data-file").items()},
+        options=_parse_pairs(option or [], "--option"),
+    )
+    if out:
+        _check_writable(out)
     from dits.engines.factory import make_engine
 
     system = build_system(cfg)
@@ -178,6 +228,24 @@ def eval_command(
     if out:
         write_eval(out, records, summary)
         console.print(f"records: {out}")
+
+
+def _check_writable(path: Path) -> None:
+    """Fail now, before any work, when the file ``path`` cannot be written (a probe file is created and
+    removed next to it)."""
+    from dits.utils import private_path
+
+    if path.is_dir():
+        raise DitsError(f"--out {path} is a folder; give a file name, e.g. {path / 'eval.json'}")
+    probe = private_path(path, "tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DitsError(
+            f"--out {path} cannot be written ({exc.strerror}); nothing was computed: choose another file"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------- run
@@ -205,12 +273,16 @@ def run_command(
     overrides: Annotated[
         list[str] | None, typer.Argument(help="dotted overrides, e.g. loop.iterations=1")
     ] = None,
+    redo: Annotated[
+        str | None,
+        typer.Option(help="run this stage (e.g. iter_0/pairs) and every stage after it again"),
+    ] = None,
 ) -> None:
     """Run the whole iterative pipeline of a config; re-running the same command resumes it."""
     from dits.config import load_config
     from dits.recipes import run
 
-    run(load_config(config, overrides or []))
+    run(load_config(config, overrides or []), redo=redo)
 
 
 @app.command("report")
@@ -233,6 +305,7 @@ def tree_show(run_dir: Path, iteration: int, tree_id: str, max_chars: int = 60) 
     from dits.search.tree import Tree
     from dits.store import JsonlLog
 
+    _at_least("--max-chars", max_chars, 1)
     log = JsonlLog(run_dir / f"iter_{iteration}" / "trees.jsonl")
     if not log.path.exists():
         raise DitsError(

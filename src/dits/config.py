@@ -7,8 +7,9 @@ for GPUs, small ones for this machine).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -16,10 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dits.errors import DitsError
 
 Method = Literal["isft", "idpo", "isft-dpo", "dits", "dits-dpo"]
+INFLUENCE_METHODS = ("dits", "dits-dpo")
+"""Methods that probe influence: θ* and every probe generate as adapters hosted by the engine."""
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")
+"""A run name is one folder name inside ``runs_dir``."""
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TaskConfig(Section):
@@ -90,7 +95,7 @@ class DialogueConfig(Section):
 
     max_turns: int = Field(6, ge=1, description="turn cap (Optima: 10)")
     max_utterance_tokens: int = Field(96, ge=1, description="token cap per utterance (Optima: 2000)")
-    max_total_tokens: int | None = Field(None, description="token cap per dialogue; null: none")
+    max_total_tokens: int | None = Field(None, ge=1, description="token cap per dialogue; null: none")
     stop_on_overlong: bool = Field(
         True, description="an utterance at the cap ends the dialogue (and costs the token term)"
     )
@@ -102,15 +107,17 @@ class DialogueConfig(Section):
 class RewardConfig(Section):
     """R = task − λ_tok·tokens/T + λ_loss / max NLL (see `dits.reward`)."""
 
-    lambda_tokens: float = Field(0.6, description="λ_tok, weight of the token term tokens / T_norm")
+    lambda_tokens: float = Field(0.6, ge=0, description="λ_tok, weight of the token term tokens / T_norm")
     lambda_loss: float = Field(
-        1.0, description="λ_loss, weight of the readability term 1 / max utterance NLL"
+        1.0, ge=0, description="λ_loss, weight of the readability term 1 / max utterance NLL"
     )
     min_tokens: int = Field(
-        8, description="the token term is −1 for dialogues of ≤ this many tokens (Optima: 40)"
+        8, ge=0, description="the token term is −1 for dialogues of ≤ this many tokens (Optima: 40)"
     )
     max_tokens: int = Field(
-        2000, description="the readability term is −1 for dialogues over this many tokens (Optima: 2000)"
+        2000,
+        ge=1,
+        description="the readability term is −1 for dialogues over this many tokens (Optima: 2000)",
     )
 
 
@@ -119,8 +126,8 @@ class ISFTConfig(Section):
 
     tasks_per_iteration: int = Field(64, ge=1, description="training tasks sampled per iteration")
     samples_per_task: int = Field(8, ge=1, description="N, dialogues sampled per task (best of N kept)")
-    temperature: float = Field(0.7, description="sampling temperature after iteration 0")
-    initial_temperature: float = Field(0.3, description="sampling temperature at iteration 0")
+    temperature: float = Field(0.7, ge=0, description="sampling temperature after iteration 0")
+    initial_temperature: float = Field(0.3, ge=0, description="sampling temperature at iteration 0")
     format_pool: bool = Field(
         True, description="at iteration 0, each dialogue gets a communication format from a pool of ten"
     )
@@ -134,6 +141,12 @@ class ISFTConfig(Section):
         0.5, description="ε: tasks whose best dialogue's reward is below it are dropped"
     )
 
+    @model_validator(mode="after")
+    def _band(self) -> ISFTConfig:
+        if self.drop_top_fraction >= self.keep_top_fraction:
+            raise ValueError("drop_top_fraction must be below keep_top_fraction, or no task is kept")
+        return self
+
 
 class SearchConfig(Section):
     """Optima's MCTS over dialogue turns, wave-batched across trees."""
@@ -141,13 +154,16 @@ class SearchConfig(Section):
     tasks_per_iteration: int = Field(32, ge=1, description="search trees (one per task) per iteration")
     expansions: int = Field(8, ge=1, description="expansions per tree (paper: 8)")
     rollouts_per_expansion: int = Field(3, ge=1, description="rollouts per expansion (paper: 3)")
-    temperature: float = Field(0.7, description="rollout sampling temperature")
+    temperature: float = Field(0.7, ge=0, description="rollout sampling temperature")
     top_k: int = Field(10, ge=1, description="node selection: softmax over the top k priorities")
     dedup_threshold: float = Field(
-        0.25, description="skip candidate nodes within this normalised edit distance of an expanded node"
+        0.25,
+        ge=0,
+        le=1,
+        description="skip candidate nodes within this normalised edit distance of an expanded node",
     )
     merge_threshold: float = Field(
-        0.1, description="merge a new utterance into a child within this normalised edit distance"
+        0.1, ge=0, le=1, description="merge a new utterance into a child within this normalised edit distance"
     )
     max_active_trees: int = Field(64, ge=1, description="trees in flight at once (memory vs batch size)")
     token_budget_percentile: float = Field(
@@ -163,7 +179,7 @@ class SearchConfig(Section):
         "auto: influence for method dits and dits-dpo, q otherwise",
     )
     influence_weight: float = Field(
-        1.0, description="weight of the normalised influence in the node priority (guided search)"
+        1.0, ge=0, description="weight of the normalised influence in the node priority (guided search)"
     )
     rounds: int | None = Field(
         None,
@@ -187,9 +203,10 @@ class LoraSettings(Section):
     """The LoRA adapter's shape."""
 
     r: int = Field(8, ge=1, description="LoRA rank")
-    alpha: int = Field(16, description="LoRA alpha (the update is scaled by alpha / r)")
-    dropout: float = Field(0.0, description="LoRA dropout")
+    alpha: int = Field(16, ge=1, description="LoRA alpha (the update is scaled by alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
     target_modules: list[str] = Field(
+        min_length=1,
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="modules that get LoRA layers (default: every attention and MLP projection)",
     )
@@ -202,8 +219,8 @@ class TrainConfig(Section):
     lora_settings: LoraSettings = Field(
         default_factory=LoraSettings, description="the adapter when lora is true"
     )
-    learning_rate: float = Field(2e-4, description="peak learning rate")
-    epochs: float = Field(1.0, description="passes over the training rows (fractions allowed)")
+    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate")
+    epochs: float = Field(1.0, gt=0, description="passes over the training rows (fractions allowed)")
     batch_size: int = Field(4, ge=1, description="rows per optimizer micro-step")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
     max_length: int = Field(
@@ -215,9 +232,9 @@ class TrainConfig(Section):
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="learning-rate schedule after the warm-up"
     )
-    beta: float = Field(0.1, description="DPO only: the KL weight β")
+    beta: float = Field(0.1, gt=0, description="DPO only: the KL weight β")
     nll_weight: float = Field(
-        0.0, description="DPO only: weight of the NLL of the chosen answer (Optima's iDPO uses 1)"
+        0.0, ge=0, description="DPO only: weight of the NLL of the chosen answer (Optima's iDPO uses 1)"
     )
 
 
@@ -259,12 +276,11 @@ class InfluenceConfig(Section):
     probe_optimizer: Literal["adam", "sgd"] = Field(
         "adam", description="the probe step: adam (one fresh AdamW step, sign-like) or sgd"
     )
-    probe_lr: float | Literal["auto"] = Field(
+    probe_lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="learning rate of the probe step; auto: calibrated on probe_lr_grid"
     )
-    probe_lr_grid: list[float] = Field(
+    probe_lr_grid: list[Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
-        min_length=1,
         description="calibration: the learning rates tried, ascending",
     )
     calibration_groups: int = Field(
@@ -302,6 +318,22 @@ class InfluenceConfig(Section):
         False, description="analysis: also record the first-order estimate next to the exact one"
     )
 
+    @field_validator("probe_lr_grid")
+    @classmethod
+    def _ascending(cls, grid: list[float]) -> list[float]:
+        if grid != sorted(set(grid)):
+            raise ValueError("the learning rates must be distinct and ascending")
+        return grid
+
+    @model_validator(mode="after")
+    def _calibrated(self) -> InfluenceConfig:
+        if self.probe_lr == "auto" and not self.probe_lr_grid:
+            raise ValueError(
+                "probe_lr_grid is empty, but probe_lr: auto calibrates on it; list learning rates or set "
+                "probe_lr"
+            )
+        return self
+
     @property
     def racing_state_budget_bytes(self) -> int:
         """``racing_state_budget_mb`` in bytes (what `run_groups` takes)."""
@@ -315,7 +347,9 @@ class SelectionConfig(Section):
         "dits",
         description="dits (top α by H); ablations: full (Optima), random, q (top α by Q), influence (γ = 0)",
     )
-    gamma: float = Field(1.0, description="γ, weight of the min-max normalised influence in H (paper: 1)")
+    gamma: float = Field(
+        1.0, ge=0, description="γ, weight of the min-max normalised influence in H (paper: 1)"
+    )
     alpha: float = Field(0.5, gt=0, le=1, description="α, fraction of the pairs kept (paper: 0.5)")
 
 
@@ -332,12 +366,12 @@ class EvalConfig(Section):
     """Evaluation before training and after every iteration."""
 
     split: Literal["train", "validation", "test"] = Field("test", description="the split evaluated")
-    limit: int | None = Field(50, description="tasks evaluated; null: the whole split")
+    limit: int | None = Field(50, ge=1, description="tasks evaluated; null: the whole split")
     self_consistency: int = Field(
         0, ge=0, description="k sampled dialogues per task and a majority vote; 0: one greedy dialogue"
     )
     self_consistency_temperature: float = Field(
-        0.5, description="temperature of the self-consistency samples"
+        0.5, gt=0, description="temperature of the self-consistency samples"
     )
 
 
@@ -386,9 +420,19 @@ class RunConfig(Section):
         default_factory=EvalConfig, description="evaluation before training and after every iteration"
     )
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, name: str) -> str:
+        if not RUN_NAME.fullmatch(name):
+            raise ValueError(
+                "must be one folder name inside runs_dir (letters, digits and _ . + = -, not starting "
+                "with . or -)"
+            )
+        return name
+
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
-        if self.search.guidance == "influence" and self.method not in ("dits", "dits-dpo"):
+        if self.search.guidance == "influence" and self.method not in INFLUENCE_METHODS:
             raise ValueError("search.guidance=influence needs method dits or dits-dpo")
         if self.guided_search and self.search_rounds < 2:
             raise ValueError(
@@ -399,7 +443,18 @@ class RunConfig(Section):
             raise ValueError("search.rounds > 1 only splits an influence-guided search; it does nothing here")
         if self.search_rounds > self.search.expansions:
             raise ValueError(f"search.rounds={self.search_rounds} exceeds search.expansions={self.search.expansions}")
+        if self.method in INFLUENCE_METHODS and not self.engine_hosts_adapters:
+            raise ValueError(
+                f"method {self.method} probes influence through adapters the engine hosts; "
+                f"engine.kind={self.engine.kind} (server {self.engine.server}) cannot host them: use "
+                "engine.kind=hf, or engine.kind=openai with engine.server=vllm"
+            )
         return self
+
+    @property
+    def engine_hosts_adapters(self) -> bool:
+        """Whether the configured engine hosts LoRA adapters (`dits.engines.base.Capabilities.adapters`)."""
+        return self.engine.kind == "hf" or (self.engine.kind == "openai" and self.engine.server == "vllm")
 
     @property
     def guided_search(self) -> bool:
@@ -438,7 +493,10 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise DitsError(f"override {item!r} must look like key=value (e.g. loop.iterations=1)")
         key, raw = item.split("=", 1)
-        parsed.append((key.strip(), yaml.safe_load(raw) if raw else ""))
+        try:
+            parsed.append((key.strip(), yaml.safe_load(raw) if raw else ""))
+        except yaml.YAMLError:
+            raise DitsError(f"override {item!r}: {raw!r} is not a YAML value; quote it") from None
     return parsed
 
 
@@ -448,11 +506,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = "defaults"
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise DitsError(f"config file {path} does not exist")
+        if not path.is_file():
+            what = "is a directory, not a YAML file" if path.is_dir() else "does not exist"
+            raise DitsError(f"config file {path} {what}")
         source = str(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise DitsError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
         except yaml.YAMLError as exc:
             raise DitsError(f"{path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
@@ -471,18 +532,23 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 
 
 def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """The config of ``data``; the first mistake raises `DitsError` naming the dotted key and the value."""
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
+        # union members (e.g. "constrained-float") are not keys; list indices are
+        parts = [str(p) for p in first["loc"] if isinstance(p, int) or str(p).isidentifier()]
+        key = ".".join(parts) or "(top level)"
         if first["type"] == "extra_forbidden":
             raise DitsError(
                 f"{source}: unknown config key {key!r}; see the README's config reference"
             ) from exc
-        if not key:  # a check across keys: its message names them
-            raise DitsError(f"{source}: {first['msg'].removeprefix('Value error, ')}") from exc
-        raise DitsError(f"{source}: config key {key!r}: {first['msg']}") from exc
+        message = first["msg"].removeprefix("Value error, ")
+        value = first.get("input")
+        got = "" if isinstance(value, dict) else f" (got {value!r:.60})"
+        where = f"config key {key!r}: " if parts else ""
+        raise DitsError(f"{source}: {where}{message}{got}") from exc
 
 
 def dump_config(config: RunConfig) -> str:

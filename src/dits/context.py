@@ -12,17 +12,19 @@ available to the engine and returns the adapter name its requests carry.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from dits.config import RunConfig
-from dits.engines.base import SERVED, Engine
+from dits.config import INFLUENCE_METHODS, RunConfig
+from dits.engines.base import SERVED, Engine, require
 from dits.engines.factory import make_engine
 from dits.errors import DitsError
 from dits.executor import Run, StageWork
 from dits.models import ModelRef, resolve_model
-from dits.runtime import build_system, take
+from dits.runtime import build_system, check_limit, take
 from dits.tasks.base import TaskInstance
 
 
@@ -40,19 +42,39 @@ class Policy:
 
 
 class StageContext:
-    """The run a stage works in. The engine is created on first use (``engine``), or given."""
+    """The run a stage works in, held by this process until `close` (or the end of a ``with`` block).
+    The engine is created on first use (``engine``), or given. ``redo``: see `dits.executor.Run`.
 
-    def __init__(self, cfg: RunConfig, engine: Engine | None = None) -> None:
+    Everything a config names is checked before the run directory is touched: the task (and its data
+    files), the model, and that a given engine can do what the method needs."""
+
+    def __init__(self, cfg: RunConfig, engine: Engine | None = None, *, redo: str | None = None) -> None:
         self.cfg = cfg
-        self.run = Run(cfg)
-        self.store = self.run.store
         self.system = build_system(cfg)
+        check_limit(self.system.task, cfg.eval.limit)
+        resolve_model(cfg.model)
+        if engine is not None and cfg.method in INFLUENCE_METHODS:
+            require(engine, "trainable_model", f"method {cfg.method} (influence probes)")
+        self.run = Run(cfg, redo=redo)
+        self.store = self.run.store
         self.reward = cfg.reward
         self._engine = engine
         self._served_model = cfg.model  # what the engine serves as SERVED
         self._cursor = 0
         self.live: dict[str, Any] = {}
         """Objects built once per process and shared by several stages (e.g. an iteration's θ*)."""
+
+    def close(self) -> None:
+        """Release the run directory (the engine stays usable)."""
+        self.run.close()
+
+    def __enter__(self) -> StageContext:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ engine
     @property
@@ -90,9 +112,10 @@ class StageContext:
         return resolve_model(self.cfg.model if policy is None else str(policy.path))
 
     # ------------------------------------------------------------------ stages
-    def stage(self, key: str, work: StageWork) -> dict[str, Any]:
-        """Run stage ``key`` through the executor (skipped when done), counting the engine's tokens."""
-        return self.run.stage(key, work, tokens=self._generated_tokens)
+    def stage(self, key: str, work: StageWork, outputs: Sequence[Path] = ()) -> dict[str, Any]:
+        """Run stage ``key`` through the executor (skipped when done), counting the engine's tokens;
+        ``outputs``: the files and folders it writes in the run directory (recorded and verified)."""
+        return self.run.stage(key, work, outputs=outputs, tokens=self._generated_tokens)
 
     def _generated_tokens(self) -> int:
         return self._engine.stats.generated_tokens if self._engine is not None else 0

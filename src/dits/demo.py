@@ -16,6 +16,7 @@ from typing import Any
 
 from dits.config import RunConfig, load_config
 from dits.engines.factory import make_engine
+from dits.lock import RunLock
 from dits.progress import console
 from dits.recipes import run
 from dits.report import build_report
@@ -60,21 +61,20 @@ def demo_configs(quick: bool, runs_dir: str, overrides: list[str]) -> tuple[RunC
 def share_stages(
     source: RunConfig, target: RunConfig, stages: Sequence[str], files: Sequence[str]
 ) -> None:
-    """Copy ``stages`` (their manifest entries and ``files``) that ``target`` would compute exactly as
-    ``source`` did from ``source``'s run directory into ``target``'s (once)."""
-    src, dst = RunStore(source.run_dir), RunStore(target.run_dir)
-    for relative in files:
-        origin, copy = source.run_dir / relative, target.run_dir / relative
-        if origin.exists() and not copy.exists():
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            (shutil.copytree if origin.is_dir() else shutil.copy2)(origin, copy)
-    for stage in stages:
-        if src.is_done(stage) and not dst.is_done(stage):
-            summary = src.summary(stage)
-            summary["shared_from"] = source.name
-            if "output" in summary:
-                summary["output"] = summary["output"].replace(str(source.run_dir), str(target.run_dir))
-            dst.mark_done(stage, summary)
+    """Copy ``stages`` (their manifest entries, with their output records, and ``files``) that ``target``
+    would compute exactly as ``source`` did from ``source``'s run directory into ``target``'s (once;
+    output paths are relative to the run directory, so the copies verify)."""
+    with RunLock(target.run_dir):
+        src, dst = RunStore(source.run_dir), RunStore(target.run_dir)
+        for relative in files:
+            origin, copy = source.run_dir / relative, target.run_dir / relative
+            if origin.exists() and not copy.exists():
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                (shutil.copytree if origin.is_dir() else shutil.copy2)(origin, copy)
+        for stage in stages:
+            if src.is_done(stage) and not dst.is_done(stage):
+                entry = src.stages()[stage]
+                dst.adopt(stage, {**entry, "summary": {**entry["summary"], "shared_from": source.name}})
 
 
 def share_demo_stages(optima: RunConfig, dits: RunConfig) -> None:

@@ -116,6 +116,7 @@ def write_eval(path: Path, records: list[dict[str, Any]], summary: EvalSummary) 
 def evaluation_stage(ctx: StageContext, label: str, policy: Policy | None) -> dict[str, Any]:
     """Stage ``eval/LABEL``: ``policy`` on the first ``eval.limit`` tasks of ``eval.split``
     (``eval/LABEL.json``: every dialogue and the summary, which is returned)."""
+    out = ctx.store.path("eval", f"{label}.json")
 
     def work() -> dict[str, Any]:
         instances = ctx.tasks(ctx.cfg.eval.split, ctx.cfg.eval.limit)
@@ -131,7 +132,7 @@ def evaluation_stage(ctx: StageContext, label: str, policy: Policy | None) -> di
             self_consistency=ctx.cfg.eval.self_consistency,
             sc_temperature=ctx.cfg.eval.self_consistency_temperature,
         )
-        write_eval(ctx.store.path("eval", f"{label}.json"), records, summary)
+        write_eval(out, records, summary)
         return summary.to_dict()
 
-    return ctx.stage(f"eval/{label}", work)
+    return ctx.stage(f"eval/{label}", work, outputs=[out])

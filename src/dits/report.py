@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dits.errors import DitsError
-from dits.store import JsonlLog
+from dits.store import JsonlLog, read_manifest
 from dits.utils import pearson, spearman, write_atomic
 
 
@@ -36,8 +35,10 @@ def load_run(run_dir: Path) -> RunData:
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.exists():
         raise DitsError(f"{run_dir} is not a run directory (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text())
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    manifest = read_manifest(manifest_path)
+    config = (
+        (run_dir / "config.yaml").read_text(errors="replace") if (run_dir / "config.yaml").exists() else ""
+    )
     method = next(
         (line.split(":", 1)[1].strip() for line in config.splitlines() if line.startswith("method:")), "?"
     )

@@ -5,19 +5,26 @@
 * `minmax` — the one min–max rule (ties give the middle, 0.5);
 * `pearson`, `spearman` — correlations with NaN where they are undefined;
 * `common_prefix_length` — leading items that sequences share;
-* `write_atomic` — replace a file so that readers see the old or the new content, never a mix.
+* `private_path` — temp files and work folders unique to one writer;
+* `write_atomic` — replace a file so that readers see the old or the new content, never a mix;
+* `write_all` — write bytes to a file descriptor, checking the byte count (a full disk raises);
+* `text_lines` — the numbered lines of a UTF-8 text file, a bad byte named by file and line.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
+import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from dits.errors import DitsError
 
 
 def derive_seed(*parts: object) -> int:
@@ -29,9 +36,7 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest, "big") & ((1 << 63) - 1)
 
 
-def minmax(
-    values: Mapping[str, float], bounds: tuple[float, float] | None = None
-) -> dict[str, float]:
+def minmax(values: Mapping[str, float], bounds: tuple[float, float] | None = None) -> dict[str, float]:
     """``values`` rescaled to [0, 1] by their own range, or by ``bounds`` (then clipped to [0, 1]).
 
     A range of zero width carries no information and maps every value to the middle, 0.5.
@@ -85,15 +90,47 @@ def common_prefix_length(sequences: Sequence[Sequence[object]], limit: int | Non
     return length
 
 
+PRIVATE_NAME = re.compile(r"^\..+\.(tmp|work|old)-\d+-[0-9a-f]{8}$")
+"""The names `private_path` gives (what a killed process may leave behind)."""
+
+
+def private_path(target: Path, kind: str) -> Path:
+    """A path next to ``target`` that only this writer uses, ``.NAME.KIND-PID-RANDOM`` (``kind``: tmp, work
+    or old), for temp files and work folders."""
+    return target.with_name(f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` durably (temp file of this writer, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = private_path(path, "tmp")
     try:
-        with open(tmp, "w") as handle:
+        with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to ``fd`` whole: a short write (a full disk) raises ``OSError(ENOSPC)``; the caller
+    decides what to undo."""
+    written = os.write(fd, data)
+    if written != len(data):
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (wrote {written} of {len(data)} bytes)")
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file; a byte that is not UTF-8 raises `DitsError` naming
+    the file and line."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DitsError(
+                    f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
+                    "save the file as UTF-8 or delete the line"
+                ) from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from statistics import fmean
 from typing import Any
 
@@ -39,6 +40,11 @@ def pairs_per_batch(cfg: RunConfig) -> int:
     """Preference pairs per forward pass of a probe step (half the engine's generation batch: a pair
     is two sequences)."""
     return max(1, cfg.engine.batch_size // 2)
+
+
+def report_path(ctx: StageContext, key: str, iteration: str) -> Path:
+    """``iter_K/influence[_round_R]_report.json`` of stage ``key``."""
+    return ctx.store.path(iteration, f"{key.split('/', 1)[1].replace('/', '_')}_report.json")
 
 
 def influence_log(ctx: StageContext, iteration: str) -> JsonlLog:
@@ -105,6 +111,7 @@ def influence_stage(
     cfg = ctx.cfg.influence
     log = influence_log(ctx, iteration)
     units = ctx.store.log(iteration, "influence_units.jsonl")
+    report_file = report_path(ctx, key, iteration)
 
     def work() -> dict[str, Any]:
         session = probe_session(ctx, iteration, policy, pairs)
@@ -134,7 +141,7 @@ def influence_stage(
             [GroupInfluence.from_dict(_fields(r, GroupInfluence)) for r in log if r["stage"] == key],
         )
 
-    ctx.stage(key, work)
+    ctx.stage(key, work, outputs=[log.path, units.path, report_file])
     return probed_influence(ctx, iteration, pairs)
 
 
@@ -177,8 +184,7 @@ def _summary(
             "session_dialogues": harness.dialogues,
         },
     )
-    name = key.split("/", 1)[1].replace("/", "_")
-    write_atomic(ctx.store.path(iteration, f"{name}_report.json"), json.dumps(report.to_dict(), indent=1))
+    write_atomic(report_path(ctx, key, iteration), json.dumps(report.to_dict(), indent=1))
     agreement = {k: v.__dict__ for k, v in report.proxy_agreement().items()}
     return {
         "groups": len(groups),
@@ -241,7 +247,7 @@ def selection_stage(
             "tie_fraction": round(tie_fraction(values), 3),
         }
 
-    ctx.stage(f"{iteration}/selected", work)
+    ctx.stage(f"{iteration}/selected", work, outputs=[log.path])
     return [PreferencePair.from_dict(r) for r in log]
 
 

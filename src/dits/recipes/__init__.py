@@ -25,13 +25,16 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def run(cfg: RunConfig, engine: Engine | None = None) -> Results:
-    """The whole pipeline of ``cfg`` (resumes if the run directory has finished stages)."""
-    ctx = StageContext(cfg, engine)
-    console.rule(f"dits run {cfg.name}: {cfg.method}, {cfg.model}, task {cfg.task.name}")
-    results = RECIPES[cfg.method](ctx)
-    console.rule("results")
-    for label, summary in results.items():
-        console.print(f"{label:8s} score {summary['score']:.3f}  mean tokens {summary['mean_tokens']:.1f}")
-    ctx.store.set_meta("final", {k: v["score"] for k, v in results.items()})
+def run(cfg: RunConfig, engine: Engine | None = None, *, redo: str | None = None) -> Results:
+    """The whole pipeline of ``cfg`` (resumes if the run directory has finished stages; ``redo``: that
+    stage and every stage after it run again)."""
+    with StageContext(cfg, engine, redo=redo) as ctx:
+        console.rule(f"dits run {cfg.name}: {cfg.method}, {cfg.model}, task {cfg.task.name}")
+        results = RECIPES[cfg.method](ctx)
+        console.rule("results")
+        for label, summary in results.items():
+            console.print(
+                f"{label:8s} score {summary['score']:.3f}  mean tokens {summary['mean_tokens']:.1f}"
+            )
+        ctx.store.set_meta("final", {k: v["score"] for k, v in results.items()})
     return results

@@ -92,7 +92,7 @@ def _grow_stage(
         log.rewrite(grown)
         return {"trees": len(grown), "nodes": sum(len(t["nodes"]) for t in grown), "token_budget": budget}
 
-    ctx.stage(key, work)
+    ctx.stage(key, work, outputs=[log.path])
     return [Tree.from_dict(t) for t in in_order(log.read(), ids)]
 
 
@@ -111,5 +111,5 @@ def pairs_stage(ctx: StageContext, iteration: str, trees: Sequence[Tree]) -> lis
         log.rewrite(p.to_dict() for p in pairs)
         return {"pairs": len(pairs)}
 
-    ctx.stage(f"{iteration}/pairs", work)
+    ctx.stage(f"{iteration}/pairs", work, outputs=[log.path])
     return [PreferencePair.from_dict(r) for r in log.read()]

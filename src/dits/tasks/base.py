@@ -60,6 +60,8 @@ class Task(ABC):
     name: str
     family: Family
     description: str = ""
+    endless: bool = False
+    """Whether its splits never end (generated tasks): reading a whole split needs a limit."""
 
     @abstractmethod
     def instances(self, split: Split) -> Iterator[TaskInstance]:

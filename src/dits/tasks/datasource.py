@@ -83,6 +83,7 @@ def load_json_rows(task: str, path: Path) -> Rows:
     """Rows of a JSON-lines file or of a JSON array file, read with ``datasets``."""
     import datasets
 
+    datasets.disable_progress_bars()  # a local file loads in a blink; its bar would only be noise
     try:
         return datasets.load_dataset("json", data_files=str(path), split="train")
     except Exception as error:
@@ -130,9 +131,22 @@ class DatasetTask(Task):
         source, rows, order = self._selection(split)
         excluded = self._questions_of_validation() if split == "train" else set()
         for index in order:
-            instance = self.build(rows[index], split, f"{source}-{index}")
+            try:
+                instance = self.build(rows[index], split, f"{source}-{index}")
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                raise DitsError(
+                    f"task {self.name}: row {index} of {self._origin(source)} is not in a layout this task "
+                    f"reads ({type(exc).__name__}: {exc}); use the dataset's official files"
+                ) from None
             if instance is not None and instance.question not in excluded:
                 yield instance
+
+    def _origin(self, source: str) -> str:
+        """Where the rows of ``source`` come from: its local file, or the Hub dataset."""
+        if self.data_files is not None:
+            return str(self.data_files[source])
+        assert self.hub is not None
+        return f"{self.hub.path} ({source} split of the Hub copy)"
 
     def order(self, rows: Rows, source: str) -> list[int]:
         """Row indices of a source in the order they are used (subclasses may filter or shuffle)."""

@@ -30,6 +30,7 @@ from dits.errors import DitsError
 from dits.tasks.base import Task, TaskInstance
 from dits.tasks.seeding import hash_split
 from dits.tasks.types import AGENTS, SPLITS, AnswerFormat, Family, MetricName, Split
+from dits.utils import text_lines
 
 PREFIX = "jsonl:"
 _KNOWN = {"id", "family", "question", "answers", "context", "metric", "answer_format", "split"}
@@ -47,24 +48,23 @@ class JsonlTask(Task):
         self._by_split: dict[str, list[TaskInstance]] = {split: [] for split in SPLITS}
         first_line: dict[str, int] = {}
         family: Family | None = None
-        with self.path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{self.path}:{number}"
-                instance, split = _parse_line(line, where, self.name)
-                if instance.id in first_line:
-                    raise DitsError(
-                        f"{where}: duplicate id {instance.id!r} (first used on line {first_line[instance.id]})"
-                    )
-                if family is not None and instance.family != family:
-                    raise DitsError(
-                        f"{where}: family {instance.family!r} differs from the earlier lines ({family!r}); "
-                        "one file holds one family"
-                    )
-                first_line[instance.id] = number
-                family = instance.family
-                self._by_split[split].append(instance)
+        for number, line in text_lines(self.path):
+            if not line.strip():
+                continue
+            where = f"{self.path}:{number}"
+            instance, split = _parse_line(line, where, self.name)
+            if instance.id in first_line:
+                raise DitsError(
+                    f"{where}: duplicate id {instance.id!r} (first used on line {first_line[instance.id]})"
+                )
+            if family is not None and instance.family != family:
+                raise DitsError(
+                    f"{where}: family {instance.family!r} differs from the earlier lines ({family!r}); "
+                    "one file holds one family"
+                )
+            first_line[instance.id] = number
+            family = instance.family
+            self._by_split[split].append(instance)
         if family is None:
             raise DitsError(f"task {self.name}: {self.path} has no instances")
         self.family = family

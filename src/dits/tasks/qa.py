@@ -31,6 +31,7 @@ from dits.tasks.base import TaskInstance
 from dits.tasks.datasource import DatasetOptions, DatasetTask, HubSource, Row, Rows, append_choices
 from dits.tasks.seeding import seeded_rng
 from dits.tasks.types import Split
+from dits.utils import text_lines
 
 
 class QAOptions(DatasetOptions):
@@ -208,28 +209,27 @@ def read_cbt_text(path: Path) -> list[Row]:
     """
     rows: list[Row] = []
     sentences: list[str] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            label, _, text = line.partition(" ")
-            if not label.isdigit():
-                raise DitsError(f"{path}:{number}: expected a numbered CBT line, got {line[:60]!r}")
-            if "\t" not in text:
-                sentences = [] if label == "1" else sentences
-                sentences.append(text)
-                continue
-            fields = text.split("\t")
-            if len(fields) < 4:
-                raise DitsError(f"{path}:{number}: a CBT question line needs question, answer and candidates")
-            rows.append(
-                {
-                    "sentences": sentences,
-                    "question": fields[0],
-                    "answer": fields[1],
-                    "options": fields[3].split("|"),
-                }
-            )
-            sentences = []
+    for number, raw in text_lines(path):
+        line = raw.rstrip("\n")
+        if not line.strip():
+            continue
+        label, _, text = line.partition(" ")
+        if not label.isdigit():
+            raise DitsError(f"{path}:{number}: expected a numbered CBT line, got {line[:60]!r}")
+        if "\t" not in text:
+            sentences = [] if label == "1" else sentences
+            sentences.append(text)
+            continue
+        fields = text.split("\t")
+        if len(fields) < 4:
+            raise DitsError(f"{path}:{number}: a CBT question line needs question, answer and candidates")
+        rows.append(
+            {
+                "sentences": sentences,
+                "question": fields[0],
+                "answer": fields[1],
+                "options": fields[3].split("|"),
+            }
+        )
+        sentences = []
     return rows

@@ -79,6 +79,7 @@ class SyntheticTask(Task):
     metric: ClassVar[MetricName]
     answer_format: ClassVar[AnswerFormat]
     Options: ClassVar[type[SyntheticOptions]]
+    endless = True
 
     def __init__(self, **options: object) -> None:
         self.options = parse_options(self.name, self.Options, options)

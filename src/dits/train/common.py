@@ -6,17 +6,21 @@
   reporting, no checkpoints, a log line (and loss) per optimizer step, seeded.
 * Console: one progress bar per stage (`dits.train.console`); the trainer's log lines are saved with
   the model as ``train_log.jsonl``, its summary as ``train_result.json``.
-* Output: training runs in a hidden work folder next to ``out_dir``; the saved model is renamed to
-  ``out_dir`` only at the end, so a crash never leaves a folder that looks finished.
+* Output: training runs in a hidden work folder of this process next to ``out_dir``
+  (`dits.utils.private_path`); the saved model is renamed to ``out_dir`` only at the end, so a crash
+  never leaves a folder that looks finished. Only this process's own work folder is removed here; those
+  of killed processes are removed by the next run that holds the run directory's lock.
+* Divergence: a non-finite loss or gradient norm stops training (`DivergenceGuard`), and non-finite
+  weights are never saved; either raises `DitsError` naming the stage and the learning rate to lower.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,13 +28,24 @@ from typing import Any, TypeVar
 
 import torch
 from peft import LoraConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Trainer, set_seed
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+    set_seed,
+)
 from transformers.trainer_utils import SchedulerType
 
 from dits.config import LoraSettings, TrainConfig
 from dits.errors import DitsError
 from dits.models import ModelRef, quiet_libraries, resolve_model
 from dits.train.console import TrainingProgress, silence_library_warnings
+from dits.utils import private_path
 
 ArgsT = TypeVar("ArgsT")
 log = logging.getLogger(__name__)
@@ -145,6 +160,34 @@ def save_model(model: Any, base: str, tokenizer: PreTrainedTokenizerBase, folder
     tokenizer.save_pretrained(str(folder))
 
 
+class DivergenceGuard(TrainerCallback):
+    """Stops training at the first log line whose loss or gradient norm is not finite (NaN, inf) and
+    remembers it (``found``: step, quantity, value)."""
+
+    def __init__(self) -> None:
+        self.found: tuple[int, str, float] | None = None
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for quantity in ("loss", "grad_norm"):
+            value = (logs or {}).get(quantity)
+            if self.found is None and value is not None and not math.isfinite(value):
+                self.found = (state.global_step, quantity.replace("_", " "), value)
+                control.should_training_stop = True
+
+
+def non_finite_parameter(model: Any) -> str | None:
+    """The name of the first parameter of ``model`` with a NaN or infinite value (None: all finite)."""
+    with torch.no_grad():
+        return next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+
+
 def train_and_save(
     make_trainer: Callable[[Path], Trainer],
     *,
@@ -154,24 +197,35 @@ def train_and_save(
     out_dir: Path,
     seed: int,
     rows: int,
+    stage: str | None = None,
 ) -> TrainResult:
     """Build a trainer (seeded), train it under a progress bar named ``name``, save atomically to
     ``out_dir`` with its log, report.
 
     ``rows`` is the number of rows the caller was given; the ones missing from the trainer's dataset
-    (dropped by our length fitting or by TRL) are reported as ``dropped``.
+    (dropped by our length fitting or by TRL) are reported as ``dropped``. Divergence raises `DitsError`
+    naming ``stage`` and the setting ``NAME.learning_rate`` (e.g. ``dpo.learning_rate``); nothing is saved.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.work-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    work = out_dir.parent / f".{out_dir.name}.work-{uuid.uuid4().hex[:8]}"
+    work = private_path(out_dir, "work")
     started = time.perf_counter()
     try:
         set_seed(seed)
         trainer = make_trainer(work / "trainer")
+        guard = DivergenceGuard()
+        trainer.add_callback(guard)
         with TrainingProgress(f"{name} training").attach(trainer):
             trainer.train()
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        bad = non_finite_parameter(model)
+        if guard.found or bad:
+            step, quantity, value = guard.found or (trainer.state.global_step, f"weight {bad}", math.nan)
+            raise DitsError(
+                f"{f'stage {stage}: ' if stage else ''}{name} training diverged at step {step} ({quantity} "
+                f"is {value}); nothing was saved. Lower {name.lower()}.learning_rate (now "
+                f"{trainer.args.learning_rate:g}) and run again"
+            )
         history = [dict(entry) for entry in trainer.state.log_history]
         examples = len(trainer.train_dataset)
         if examples < rows:
@@ -188,7 +242,7 @@ def train_and_save(
             wall_time=time.perf_counter() - started,
         )
         staged = work / "model"
-        save_model(trainer.accelerator.unwrap_model(trainer.model), base, tokenizer, staged)
+        save_model(model, base, tokenizer, staged)
         (staged / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1))
         steps = [entry for entry in history if "train_runtime" not in entry]  # the run's timing: result file
         (staged / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in steps))
@@ -200,7 +254,7 @@ def train_and_save(
 
 def _replace_dir(src: Path, dst: Path) -> None:
     """Move ``src`` to ``dst``; an existing ``dst`` is moved aside first and deleted after."""
-    old = dst.parent / f".{dst.name}.work-old-{uuid.uuid4().hex[:8]}"
+    old = private_path(dst, "old")
     if dst.exists():
         dst.rename(old)
     src.rename(dst)

@@ -51,8 +51,10 @@ def train_dpo(
     out_dir: Path,
     *,
     seed: int,
+    stage: str | None = None,
 ) -> TrainResult:
-    """DPO-train ``model`` on conversational preference ``rows`` (`dits.train.records.dpo_rows`)."""
+    """DPO-train ``model`` on conversational preference ``rows`` (`dits.train.records.dpo_rows`);
+    ``stage`` names the run's stage in errors."""
     ref = as_ref(model)
     tokenizer = load_tokenizer(ref)
     fitted, _ = fit_dpo_rows(rows, tokenizer, cfg.max_length)
@@ -78,4 +80,5 @@ def train_dpo(
         out_dir=out_dir,
         seed=seed,
         rows=len(rows),
+        stage=stage,
     )

@@ -36,12 +36,13 @@ def train_sft(
     *,
     seed: int,
     init_adapter: Path | None = None,
+    stage: str | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``rows`` and save the result (adapter or full model) to ``out_dir``.
 
     With ``init_adapter`` (a LoRA folder on the same base) that adapter is trained further; so is the
     adapter of ``model`` itself if it has one. Otherwise LoRA adds a fresh adapter (``cfg.lora``) or
-    the whole model is trained.
+    the whole model is trained. ``stage`` names the run's stage in errors.
     """
     ref = as_ref(model)
     if init_adapter is not None:
@@ -71,4 +72,5 @@ def train_sft(
         out_dir=out_dir,
         seed=seed,
         rows=len(rows),
+        stage=stage,
     )

@@ -36,17 +36,23 @@ def sft_stage(
         rows = [r for inst, d, _ in chosen for r in sft_rows(d, inst, demonstrate=cfg.dialogue.demonstration)]
         init = None if cfg.loop.sft_from_initial or policy is None else policy.path
         result = train_sft(
-            cfg.model, rows, cfg.sft, trained.path, seed=ctx.train_seed(iteration, "sft"), init_adapter=init
+            cfg.model,
+            rows,
+            cfg.sft,
+            trained.path,
+            seed=ctx.train_seed(iteration, "sft"),
+            init_adapter=init,
+            stage=f"{iteration}/sft",
         )
         return {
             "tasks_kept": len(chosen),
             "rows": len(rows),
             "steps": result.steps,
             "final_loss": result.losses[-1] if result.losses else None,
-            "output": str(trained.path),
+            "output": ctx.store.relative(trained.path),
         }
 
-    ctx.stage(f"{iteration}/sft", work)
+    ctx.stage(f"{iteration}/sft", work, outputs=[trained.path])
     return trained
 
 
@@ -71,14 +77,15 @@ def dpo_stage(
             ctx.cfg.dpo,
             trained.path,
             seed=ctx.replica_seed(iteration, "dpo") % 2**31,
+            stage=f"{iteration}/dpo",
         )
         return {
             "pairs": len(pairs),
             "steps": result.steps,
             "dropped": result.dropped,
             "final_loss": result.losses[-1] if result.losses else None,
-            "output": str(trained.path),
+            "output": ctx.store.relative(trained.path),
         }
 
-    ctx.stage(f"{iteration}/dpo", work)
+    ctx.stage(f"{iteration}/dpo", work, outputs=[trained.path])
     return trained
