@@ -20,7 +20,7 @@ from typing import Any
 
 from common import BENCH_DIR, DEFAULT_MODEL, RESULTS_DIR, add_overrides_option, write_report
 
-BENCHMARKS = ("throughput", "probe", "claims", "e2e")
+BENCHMARKS = ("throughput", "probe", "claims", "budget", "engines", "e2e")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 STATUS_FILE = "run_all-status.json"
 

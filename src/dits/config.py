@@ -446,8 +446,9 @@ class RunConfig(Section):
         if self.method in INFLUENCE_METHODS and not self.engine_hosts_adapters:
             raise ValueError(
                 f"method {self.method} probes influence through adapters the engine hosts; "
-                f"engine.kind={self.engine.kind} (server {self.engine.server}) cannot host them: use "
-                "engine.kind=hf, or engine.kind=openai with engine.server=vllm"
+                f"engine.kind={self.engine.kind}"
+                + (f" with engine.server={self.engine.server}" if self.engine.kind == "openai" else "")
+                + " cannot host them: use engine.kind=hf, or engine.kind=openai with engine.server=vllm"
             )
         return self
 
