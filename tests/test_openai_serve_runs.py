@@ -174,8 +174,8 @@ def test_a_killed_server_stops_the_run_in_one_line_and_the_same_command_resumes(
 
 
 @pytest.mark.slow
-def test_dits_demo_runs_against_the_server(tiny_model: str, tmp_path: Path) -> None:
-    """Both runs of the demo through the server, at the demo tests' toy sizes."""
+def test_demo_through_transformers_serve_refuses_dits_before_spending(tiny_model: str, tmp_path: Path) -> None:
+    """The demo pointed at transformers serve: one line, nothing computed."""
     server = unpinned_server(tmp_path / "server.log")
     overrides = [
         f"model={tiny_model}",
@@ -190,9 +190,9 @@ def test_dits_demo_runs_against_the_server(tiny_model: str, tmp_path: Path) -> N
         )
     finally:
         server.kill()
-    # transformers serve hosts no adapters: the Optima run completes through it, and the DITS run stops
-    # at its influence probes (θ* and every probe are adapters) with one line saying so
-    optima = stages(tmp_path / "runs" / "demo-quick" / "optima")
-    assert optima and all(v["status"] == "done" for v in optima.values())
+    # transformers serve hosts no adapters, and θ* and every influence probe are adapters: the demo refuses
+    # its DITS run before either run spends anything, with one line that says what to use instead
     assert result.exit_code == 2, result.output
-    assert "influence probes needs an engine with adapters" in result.output
+    assert "cannot host them: use engine.kind=hf" in result.output
+    assert "Traceback" not in result.output
+    assert not stages(tmp_path / "runs" / "demo-quick" / "optima")
