@@ -8,7 +8,7 @@ for GPUs, small ones for this machine).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -312,6 +312,38 @@ class EvalConfig(Section):
     )
 
 
+class DistributedConfig(Section):
+    """Beyond one machine: inference stages on Ray actors, training under ``accelerate launch``."""
+
+    backend: Literal["none", "ray"] = Field(
+        "none",
+        description="none: every stage in this process; ray: iSFT sampling, tree search, evaluation and "
+        "probe groups run on Ray actors, each with its own engine (needs the ray extra)",
+    )
+    workers: int = Field(2, ge=1, description="ray: number of actors (each loads the model once)")
+    address: str | None = Field(
+        None,
+        description="ray: address of a running cluster (e.g. auto, or HEAD_IP:6379 after `ray start "
+        "--head`); null: start a local one",
+    )
+    num_cpus: float = Field(1, ge=0, description="ray: CPUs reserved per actor")
+    num_gpus: float = Field(0, ge=0, description="ray: GPUs reserved per actor (fractions share a GPU)")
+    train_launcher: Literal["in-process", "accelerate"] = Field(
+        "in-process",
+        description="how SFT and DPO stages train: in this process, or under `accelerate launch` "
+        "(data parallel over num_processes; DeepSpeed or FSDP through accelerate_config)",
+    )
+    num_processes: int = Field(2, ge=1, description="accelerate: training processes (one per GPU)")
+    accelerate_config: str | None = Field(
+        None,
+        description="accelerate: an accelerate config file passed to `accelerate launch --config_file` "
+        "(e.g. TRL's examples/accelerate_configs/zero2.yaml, zero3.yaml, fsdp.yaml); null: plain data parallel",
+    )
+
+    PLACEMENT: ClassVar[tuple[str, ...]] = ("backend", "workers", "address", "num_cpus", "num_gpus")
+    """Keys that choose where inference runs, not what it computes: a run may resume with others."""
+
+
 class RunConfig(Section):
     """A whole experiment."""
 
@@ -355,6 +387,10 @@ class RunConfig(Section):
     loop: LoopConfig = Field(default_factory=LoopConfig, description="the self-training iterations")
     eval: EvalConfig = Field(
         default_factory=EvalConfig, description="evaluation before training and after every iteration"
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Ray actors for inference and probes, accelerate for training (default: one process)",
     )
 
     @model_validator(mode="after")
@@ -459,3 +495,12 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
 def dump_config(config: RunConfig) -> str:
     """The resolved config as YAML (saved with every run)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def run_identity(config: RunConfig) -> str:
+    """`dump_config` of ``config`` with the placement keys of ``distributed`` at their defaults: two
+    configs with the same identity compute the same artefacts (a run may resume on other workers)."""
+    defaults = DistributedConfig()
+    placed = {k: getattr(defaults, k) for k in DistributedConfig.PLACEMENT}
+    placement = config.distributed.model_copy(update=placed)
+    return dump_config(config.model_copy(update={"distributed": placement}))

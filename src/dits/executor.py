@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from dits import __version__
-from dits.config import RunConfig, dump_config, validate_config
+from dits.config import RunConfig, dump_config, run_identity, validate_config
 from dits.errors import DitsError
 from dits.memory import peak_memory
 from dits.progress import StageTimer
@@ -40,10 +40,11 @@ class Run:
     def _check_config(self) -> None:
         """Refuse to resume a run directory whose saved config differs from ``cfg``. The saved config is
         read with today's schema first, so a run saved before a config key existed resumes as long as
-        the new key keeps its default (the behaviour the run was started with)."""
+        the new key keeps its default (the behaviour the run was started with); where inference runs
+        (`dits.config.DistributedConfig.PLACEMENT`) may change."""
         text = dump_config(self.cfg)
         path = self.store.path("config.yaml")
-        if path.exists() and not _same_config(path.read_text(), text):
+        if path.exists() and not _same_config(path.read_text(), run_identity(self.cfg)):
             raise DitsError(
                 f"{self.store.root} holds a run with a different config; resume with the same config "
                 "and overrides, or choose another name (name=...)"
@@ -87,9 +88,9 @@ class Run:
 
 
 def _same_config(saved: str, current: str) -> bool:
-    """Whether a saved config (YAML) is ``current`` once keys added since it was saved take their
-    defaults; a saved key that no longer exists, or any changed value, makes them differ."""
+    """Whether a saved config (YAML) has the `run_identity` ``current`` once keys added since it was saved
+    take their defaults; a saved key that no longer exists, or any changed value, makes them differ."""
     try:
-        return dump_config(validate_config(yaml.safe_load(saved) or {}, "saved config")) == current
+        return run_identity(validate_config(yaml.safe_load(saved) or {}, "saved config")) == current
     except (DitsError, yaml.YAMLError):
         return False

@@ -29,7 +29,10 @@ def run(cfg: RunConfig, engine: Engine | None = None) -> Results:
     """The whole pipeline of ``cfg`` (resumes if the run directory has finished stages)."""
     ctx = StageContext(cfg, engine)
     console.rule(f"dits run {cfg.name}: {cfg.method}, {cfg.model}, task {cfg.task.name}")
-    results = RECIPES[cfg.method](ctx)
+    try:
+        results = RECIPES[cfg.method](ctx)
+    finally:
+        ctx.close()
     console.rule("results")
     for label, summary in results.items():
         console.print(f"{label:8s} score {summary['score']:.3f}  mean tokens {summary['mean_tokens']:.1f}")

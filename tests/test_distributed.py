@@ -1,0 +1,189 @@
+"""``distributed.backend: ray``: the same artefacts as one process, faults rescheduled, one-line errors.
+
+The Ray tests are slow (a local Ray of 2 CPUs, on 127.0.0.1 only; `make test-slow` installs the ray
+extra); the others check the config and the errors without Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from dits.config import load_config
+from dits.context import StageContext
+from dits.distributed import chunks
+from dits.engines.base import GenerationRequest, SamplingParams
+from dits.engines.batching import GenerateCall, Program
+from dits.errors import DitsError
+from dits.recipes import run
+from dits.runtime import ModelHost
+from dits.store import JsonlLog
+
+SMALL = [
+    "task.name=synth-ie",
+    "engine.kind=fake",
+    "isft.tasks_per_iteration=6",
+    "isft.samples_per_task=2",
+    "isft.min_reward=-10",
+    "search.tasks_per_iteration=5",
+    "search.expansions=2",
+    "search.rollouts_per_expansion=2",
+    "search.token_budget_tasks=3",
+    "pairs.min_chosen_value=-10",
+    "pairs.min_gap=-10",
+    "eval.limit=5",
+    "sft.batch_size=2",
+    "dpo.batch_size=2",
+    "sft.max_length=512",
+    "dpo.max_length=512",
+    "loop.iterations=1",
+    "dialogue.max_turns=3",
+    "dialogue.demonstration=false",
+]
+DITS_SMALL = [  # tests/test_loop.py's DITS run on tiny-random, probes included
+    "engine.kind=hf",
+    "dialogue.max_utterance_tokens=6",
+    "dialogue.max_turns=2",
+    "influence.validation_tasks=2",
+    "influence.group_size=2",
+    "influence.warmup_steps=1",
+    "influence.probe_lr=0.001",
+    "influence.adapters_per_batch=1",
+    "influence.estimator=racing",
+    "influence.racing_initial_tasks=1",
+]
+RAY = ["distributed.backend=ray", "distributed.workers=2"]
+
+
+def config(tmp_path, tiny_model, method: str, *extra: str):
+    return load_config(
+        None,
+        [f"name={method}", f"runs_dir={tmp_path}", f"model={tiny_model}", f"method={method}", *SMALL, *extra],
+    )
+
+
+def artefacts(run_dir) -> dict[str, str]:
+    return {str(p.relative_to(run_dir)): p.read_text() for p in sorted(run_dir.rglob("*.jsonl"))}
+
+
+# ---------------------------------------------------------------------------------------- without Ray
+def test_where_inference_runs_is_not_part_of_a_runs_identity(tmp_path, tiny_model) -> None:
+    from dits.config import run_identity
+
+    base = config(tmp_path, tiny_model, "isft")
+    placed = config(tmp_path, tiny_model, "isft", *RAY, "distributed.address=auto", "distributed.num_gpus=1")
+    assert run_identity(placed) == run_identity(base)  # a run may resume on a cluster, or back here
+    launched = config(tmp_path, tiny_model, "isft", "distributed.train_launcher=accelerate")
+    assert run_identity(launched) != run_identity(base)  # data-parallel training trains another model
+
+
+def test_ray_backend_without_ray_names_the_extra(tmp_path, tiny_model, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
+    ctx = StageContext(config(tmp_path, tiny_model, "isft", *RAY))
+    with pytest.raises(DitsError, match=r"pip install 'dits\[ray\]'"):
+        ctx.map_programs(_echo_program, [1])
+
+
+def test_chunks_are_consecutive_and_cover_every_item() -> None:
+    assert chunks(5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert chunks(0, 3) == []
+
+
+# ------------------------------------------------------------------------------------------ with Ray
+def _echo_program(host: ModelHost, item: int, delay: float = 0.0) -> Program[tuple[int, int]]:
+    """One engine call, then ``delay`` seconds of work: ``(item, worker pid)``."""
+    yield GenerateCall(GenerationRequest([{"role": "user", "content": str(item)}], seed=item), SamplingParams())
+    time.sleep(delay)
+    return item, os.getpid()
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[object]:
+    """A local Ray of 2 CPUs for the module, every address on 127.0.0.1, no usage report."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray then binds its node to the loopback address
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_chunk_has_its_unfinished_items_rescheduled(tmp_path, tiny_model, ray_local) -> None:
+    from functools import partial
+
+    from dits.distributed import Cluster
+
+    cluster = Cluster(config(tmp_path, tiny_model, "isft", *RAY))
+    killed: list[int] = []
+    seen: list[int] = []
+
+    def on_done(index: int, result: tuple[int, int]) -> None:
+        seen.append(index)
+        if not killed:  # its worker is now playing the next item of the same chunk (max_active=1)
+            killed.append(result[1])
+            os.kill(result[1], signal.SIGKILL)
+
+    try:
+        items = list(range(16))  # 2 workers x 4 chunks: chunks of two items
+        results = cluster.map_programs(partial(_echo_program, delay=0.3), items, max_active=1, on_done=on_done)
+    finally:
+        cluster.close()
+    assert [item for item, _ in results] == items
+    assert sorted(seen) == items  # every item delivered once: nothing lost, nothing twice
+    assert cluster.deaths == 1
+    first = seen[0]  # the first item of its chunk: the chunk's second item was being played
+    assert first % 2 == 0 and results[first + 1][1] != killed[0]  # played again by a fresh worker
+
+
+@pytest.mark.slow
+def test_ray_run_writes_the_artefacts_of_one_process_even_when_a_worker_dies(
+    tmp_path, tiny_model, ray_local, monkeypatch
+) -> None:
+    from dits.distributed import Cluster
+
+    reference = config(tmp_path / "a", tiny_model, "isft-dpo")
+    run(reference)
+
+    clusters: list[Cluster] = []
+    start = Cluster.__init__
+
+    def remember(self, cfg) -> None:
+        start(self, cfg)
+        clusters.append(self)
+
+    appended: list[str] = []
+    append = JsonlLog.append
+
+    def kill_a_worker_once(self, record) -> None:
+        if self.path.name == "sft_samples.jsonl":
+            appended.append(record["id"])
+            if len(appended) == 1:
+                os.kill(ray_local.get(clusters[0].actors[0].pid.remote()), signal.SIGKILL)
+        append(self, record)
+
+    monkeypatch.setattr(Cluster, "__init__", remember)
+    monkeypatch.setattr(JsonlLog, "append", kill_a_worker_once)
+    distributed = config(tmp_path / "b", tiny_model, "isft-dpo", *RAY)
+    run(distributed)
+    assert artefacts(distributed.run_dir) == artefacts(reference.run_dir)
+    assert Counter(appended) == Counter({i: 1 for i in appended}) and len(appended) == 6
+    assert clusters[0].deaths == 1
+
+
+@pytest.mark.slow
+def test_ray_dits_run_on_tiny_random_writes_byte_identical_artefacts(tmp_path, tiny_model, ray_local) -> None:
+    single = config(tmp_path / "a", tiny_model, "dits", *DITS_SMALL)
+    run(single)
+    distributed = config(tmp_path / "b", tiny_model, "dits", *DITS_SMALL, *RAY)
+    run(distributed)
+    ours, theirs = artefacts(distributed.run_dir), artefacts(single.run_dir)
+    assert "iter_0/influence_units.jsonl" in ours and "iter_0/trees_round0.jsonl" in ours
+    assert ours == theirs
