@@ -13,6 +13,7 @@ from dits.context import Policy, StageContext
 from dits.errors import DitsError
 from dits.isft import select_sft_dialogues
 from dits.search.pairs import PreferencePair
+from dits.train.launch import train
 from dits.train.records import dpo_rows, sft_rows
 
 
@@ -21,8 +22,6 @@ def sft_stage(
 ) -> Policy:
     """Stage ``ITER/sft``: SFT on the best sampled dialogues (`dits.isft.select_sft_dialogues`), from the
     initial model (``loop.sft_from_initial``) or continuing ``policy``. Returns the trained policy."""
-    from dits.train.sft import train_sft
-
     trained = ctx.policy(iteration, "sft")
     cfg = ctx.cfg
 
@@ -35,8 +34,15 @@ def sft_stage(
             )
         rows = [r for inst, d, _ in chosen for r in sft_rows(d, inst, demonstrate=cfg.dialogue.demonstration)]
         init = None if cfg.loop.sft_from_initial or policy is None else policy.path
-        result = train_sft(
-            cfg.model, rows, cfg.sft, trained.path, seed=ctx.train_seed(iteration, "sft"), init_adapter=init
+        result = train(
+            "sft",
+            ctx.model_ref(None),
+            rows,
+            cfg.sft,
+            trained.path,
+            seed=ctx.train_seed(iteration, "sft"),
+            dist=cfg.distributed,
+            init_adapter=init,
         )
         return {
             "tasks_kept": len(chosen),
@@ -55,8 +61,6 @@ def dpo_stage(
 ) -> Policy:
     """Stage ``ITER/dpo``: DPO from ``start`` (which is also the frozen reference) on ``pairs``.
     Returns the trained policy."""
-    from dits.train.dpo import train_dpo
-
     trained = ctx.policy(iteration, "dpo")
 
     def work() -> dict[str, Any]:
@@ -65,12 +69,14 @@ def dpo_stage(
                 f"{iteration}: the search produced no preference pair that passed the prefilters; lower "
                 "pairs.min_chosen_value / pairs.min_gap or search more tasks"
             )
-        result = train_dpo(
+        result = train(
+            "dpo",
             ctx.model_ref(start),
             dpo_rows(pairs),
             ctx.cfg.dpo,
             trained.path,
             seed=ctx.replica_seed(iteration, "dpo") % 2**31,
+            dist=ctx.cfg.distributed,
         )
         return {
             "pairs": len(pairs),
