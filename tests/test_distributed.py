@@ -54,7 +54,7 @@ DITS_SMALL = [  # tests/test_loop.py's DITS run on tiny-random, probes included
     "influence.group_size=2",
     "influence.warmup_steps=1",
     "influence.probe_lr=0.001",
-    "influence.adapters_per_batch=1",
+    "influence.adapters_per_batch=4",  # the workers' chunks are smaller: batches do not change results
     "influence.estimator=racing",
     "influence.racing_initial_tasks=1",
 ]
@@ -109,7 +109,7 @@ def ray_local() -> Iterator[object]:
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray then binds its node to the loopback address
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
     yield ray
     ray.shutdown()
@@ -185,5 +185,6 @@ def test_ray_dits_run_on_tiny_random_writes_byte_identical_artefacts(tmp_path, t
     distributed = config(tmp_path / "b", tiny_model, "dits", *DITS_SMALL, *RAY)
     run(distributed)
     ours, theirs = artefacts(distributed.run_dir), artefacts(single.run_dir)
-    assert "iter_0/influence_units.jsonl" in ours and "iter_0/trees_round0.jsonl" in ours
+    assert "iter_0/trees_round0.jsonl" in ours
+    assert len(ours["iter_0/influence.jsonl"].splitlines()) >= 4  # groups of both stages, over both workers
     assert ours == theirs

@@ -11,10 +11,11 @@ is `dits.engines.batching.run_programs` in this process and nothing here is used
   folder it loads) and items (task instances, trees, groups); it builds the programs itself and
   streams each result back as its program finishes. The driver writes records as they arrive.
 * **Deterministic partition.** Items are cut into contiguous chunks (``CHUNKS_PER_WORKER`` per worker;
-  probe groups: the batches of ``influence.adapters_per_batch`` that one process plays); a free worker
-  takes the next chunk. Every program draws its randomness from its own seed, so a result does not
-  depend on the worker or on the other programs of its chunk: the stage logs get the same records as in
-  one process, and the stages' final in-order rewrite makes them the same files.
+  probe groups: ``influence.adapters_per_batch`` per chunk, fewer when a racing round has fewer groups
+  than the workers could take); a free worker takes the next chunk. Every program draws its randomness
+  from its own seed, so a result does not depend on the worker or on the other programs of its chunk:
+  the stage logs get the same records as in one process, and the stages' final in-order rewrite makes
+  them the same files.
 * **Faults.** A worker that dies (killed, out of memory, node lost) is replaced by a fresh actor; the
   items of its chunk whose results had not arrived are scheduled again, and those that had are kept:
   every item is delivered once. More than ``MAX_DEATHS_PER_WORKER`` deaths per worker fail the run.
@@ -175,7 +176,8 @@ class Cluster:
         dist = cfg.distributed
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            ray.init(address=dist.address, runtime_env=_runtime_env(dist.address))
+            # "local": a new local Ray even when another one runs on this machine
+            ray.init(address=dist.address or "local", runtime_env=_runtime_env(dist.address))
         self._check_resources(ray.cluster_resources())
         self._remote = ray.remote(Worker)
         self._lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
@@ -311,10 +313,11 @@ class RemoteHarness:
         *,
         probed_before: Mapping[str, Probed] | None = None,
     ) -> Iterator[tuple[Group, Probed, list[Any]]]:
-        """`Harness.measure` on the workers, a chunk of ``per_batch`` groups per call (the batches one
-        process plays), results in group order. Probe states stay on the workers (``probed_before`` is
-        not used; the `Probed` handed back carries the measures only)."""
+        """`Harness.measure` on the workers, chunks of at most ``per_batch`` groups (fewer, so that every
+        worker gets some), results in group order. Probe states stay on the workers (``probed_before``
+        is not used; the `Probed` handed back carries the measures only)."""
         groups = list(groups)
+        size = max(1, min(per_batch, math.ceil(len(groups) / len(self._cluster.actors))))
 
         def submit(actor: Any, chunk: list[tuple[int, Group]]) -> Any:
             wanted = {g.id: list(units[g.id]) for _, g in chunk}
@@ -322,7 +325,7 @@ class RemoteHarness:
 
         arrived: dict[int, tuple[Any, list[Any]]] = {}
         done = 0
-        for index, (measures, results, work) in self._cluster.stream(groups, per_batch, submit):
+        for index, (measures, results, work) in self._cluster.stream(groups, size, submit):
             self._local.dialogues += int(work["dialogues"])
             self._local.tokens += int(work["tokens"])
             self._stats.probe_steps += int(work["probe_steps"])
