@@ -7,9 +7,14 @@ timed) → the influence stage (exact estimator, every group). Timed: the ``tree
 stages (their wall time in the run's manifest). The ``token_budget`` stage, first to use the workers,
 also carries their start and model load; it is reported, not counted.
 
-Reported per mode: seconds, trees/s and groups/s, and for Ray the overhead against one process (1
-worker) and the speed-up of 2 workers over 1. Every mode must write the same ``trees.jsonl``,
-``influence.jsonl`` and ``influence_units.jsonl`` (compared by digest).
+A third workload measures what the distribution itself costs per record: iSFT sampling of many tasks
+with the scripted engine (``engine.kind=fake``: no model, so the stage's time is the driver's and Ray's
+own work — scheduling, pickling, the durable ``log.append`` of every record).
+
+Reported per mode: seconds, trees/s, groups/s and records/s, and for Ray the overhead against one
+process (1 worker) and the speed-up of 2 workers over 1. Every mode must write the same
+``trees.jsonl``, ``influence.jsonl``, ``influence_units.jsonl`` and ``sft_samples.jsonl`` (compared by
+digest).
 
 On a 2-core machine two workers share the cores with the driver and with each other, so expect little:
 the point is the per-worker rate and the fixed costs that `docs/distributed.md` scales from. The local
@@ -32,9 +37,11 @@ SIZES = {  # (full, quick)
     "trees": (16, 4),
     "expansions": (4, 2),
     "validation": (8, 2),
+    "records": (512, 64),
     "workers": (2, 2),
 }
 FILES = ("trees.jsonl", "influence.jsonl", "influence_units.jsonl")
+FAKE = ("engine.kind=fake", "isft.samples_per_task=2", "dialogue.demonstration=false")
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--trees", type=int, default=None, help="search trees (16; quick 4)")
     parser.add_argument("--expansions", type=int, default=None, help="expansions per tree (4; quick 2)")
     parser.add_argument("--validation", type=int, default=None, help="validation tasks V (8; quick 2)")
+    parser.add_argument("--records", type=int, default=None, help="scripted iSFT tasks (512; quick 64)")
     parser.add_argument("--workers", type=int, default=None, help="the larger Ray pool (2)")
     args = parser.parse_args()
     sized(args, SIZES)
@@ -79,6 +87,7 @@ def run_mode(args: argparse.Namespace, placement: list[str]) -> dict[str, Any]:
         digest.update(ctx.store.path(IT, name).read_bytes())
     search, probes = stages[f"{IT}/trees"], stages[f"{IT}/influence"]
     return {
+        **sample_records(args, placement),
         "startup_and_budget_seconds": stages[f"{IT}/token_budget"]["wall_time"],
         "search_seconds": search["wall_time"],
         "trees": search["trees"],
@@ -93,6 +102,25 @@ def run_mode(args: argparse.Namespace, placement: list[str]) -> dict[str, Any]:
     }
 
 
+def sample_records(args: argparse.Namespace, placement: list[str]) -> dict[str, Any]:
+    """iSFT sampling of ``args.records`` tasks with the scripted engine (the per-record overhead)."""
+    from dits.isft import sample_stage
+
+    extra = [*FAKE, f"isft.tasks_per_iteration={args.records}", *placement]
+    ctx = scratch_run(scratch_config(f"{NAME}-records", args, extra), fresh=True)
+    try:
+        sample_stage(ctx, IT, None, first=True)
+    finally:
+        ctx.close()
+    seconds = ctx.store.summary(f"{IT}/samples")["wall_time"]
+    return {
+        "records": args.records,
+        "records_seconds": seconds,
+        "records_per_second": ratio(args.records, seconds),
+        "records_digest": hashlib.blake2b(ctx.store.path(IT, "sft_samples.jsonl").read_bytes()).hexdigest(),
+    }
+
+
 def start_ray(workers: int) -> Any:
     """A local Ray for every mode (on 127.0.0.1 only, no usage report)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -101,7 +129,10 @@ def start_ray(workers: int) -> Any:
 
     ray = import_ray()
     ray.init(
-        address="local", num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False
+        address="local",
+        num_cpus=max(workers, os.cpu_count() or 1),
+        include_dashboard=False,
+        log_to_driver=False,
     )
     return ray
 
@@ -124,11 +155,14 @@ def main() -> None:
     one, single, pool = (results[label] for label in modes)
     report["results"] = {
         "modes": results,
-        "identical": len({r["digest"] for r in results.values()}) == 1,
+        "identical": len({(r["digest"], r["records_digest"]) for r in results.values()}) == 1,
         "search_overhead_1_worker": ratio(single["search_seconds"], one["search_seconds"]),
         "probe_overhead_1_worker": ratio(single["probe_seconds"], one["probe_seconds"]),
+        "records_overhead_1_worker": ratio(single["records_seconds"], one["records_seconds"]),
         "search_speedup_workers": ratio(single["search_seconds"], pool["search_seconds"]),
         "probe_speedup_workers": ratio(single["probe_seconds"], pool["probe_seconds"]),
+        "records_speedup_workers": ratio(single["records_seconds"], pool["records_seconds"]),
+        "driver_ms_per_record": 1000 * ratio(pool["records_seconds"], pool["records"]),
     }
     report["summary"] = summary_rows(report["results"], args.workers)
     finish(NAME, args, report)
@@ -148,11 +182,22 @@ def summary_rows(r: dict[str, Any], workers: int) -> list[dict[str, str]]:
                 f"(+{mode['startup_and_budget_seconds']:.1f} s start-up and budget)",
             )
         )
+        rows.append(
+            summary_row(
+                f"{label}: scripted iSFT records/s ({mode['records']} tasks)", mode["records_per_second"]
+            )
+        )
     rows += [
         summary_row("1 worker vs one process, search (time ratio)", r["search_overhead_1_worker"]),
         summary_row("1 worker vs one process, probes (time ratio)", r["probe_overhead_1_worker"]),
-        summary_row(f"{workers} workers vs 1, search speed-up", r["search_speedup_workers"], f"ideal {workers}"),
-        summary_row(f"{workers} workers vs 1, probe speed-up", r["probe_speedup_workers"], f"ideal {workers}"),
+        summary_row(
+            f"{workers} workers vs 1, search speed-up", r["search_speedup_workers"], f"ideal {workers}"
+        ),
+        summary_row(
+            f"{workers} workers vs 1, probe speed-up", r["probe_speedup_workers"], f"ideal {workers}"
+        ),
+        summary_row("1 worker vs one process, scripted records (time ratio)", r["records_overhead_1_worker"]),
+        summary_row(f"{workers} workers: driver time per scripted record (ms)", r["driver_ms_per_record"]),
     ]
     return rows
 

@@ -98,7 +98,9 @@ def test_chunks_are_consecutive_and_cover_every_item() -> None:
 # ------------------------------------------------------------------------------------------ with Ray
 def _echo_program(host: ModelHost, item: int, delay: float = 0.0) -> Program[tuple[int, int]]:
     """One engine call, then ``delay`` seconds of work: ``(item, worker pid)``."""
-    yield GenerateCall(GenerationRequest([{"role": "user", "content": str(item)}], seed=item), SamplingParams())
+    yield GenerateCall(
+        GenerationRequest([{"role": "user", "content": str(item)}], seed=item), SamplingParams()
+    )
     time.sleep(delay)
     return item, os.getpid()
 
@@ -116,7 +118,9 @@ def ray_local() -> Iterator[object]:
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_chunk_has_its_unfinished_items_rescheduled(tmp_path, tiny_model, ray_local) -> None:
+def test_a_worker_killed_mid_chunk_has_its_unfinished_items_rescheduled(
+    tmp_path, tiny_model, ray_local
+) -> None:
     from functools import partial
 
     from dits.distributed import Cluster
@@ -133,7 +137,9 @@ def test_a_worker_killed_mid_chunk_has_its_unfinished_items_rescheduled(tmp_path
 
     try:
         items = list(range(16))  # 2 workers x 4 chunks: chunks of two items
-        results = cluster.map_programs(partial(_echo_program, delay=0.3), items, max_active=1, on_done=on_done)
+        results = cluster.map_programs(
+            partial(_echo_program, delay=0.3), items, max_active=1, on_done=on_done
+        )
     finally:
         cluster.close()
     assert [item for item, _ in results] == items
@@ -188,3 +194,13 @@ def test_ray_dits_run_on_tiny_random_writes_byte_identical_artefacts(tmp_path, t
     assert "iter_0/trees_round0.jsonl" in ours
     assert len(ours["iter_0/influence.jsonl"].splitlines()) >= 4  # groups of both stages, over both workers
     assert ours == theirs
+
+
+@pytest.mark.slow
+def test_the_distributed_benchmark_runs_at_toy_size(tmp_path, tiny_model) -> None:
+    from test_bench import run_benchmark
+
+    sizes = ("--trees", "3", "--expansions", "1", "--validation", "1", "--records", "8")
+    report = run_benchmark("distributed", tmp_path, *sizes)
+    assert report["results"]["identical"] is True
+    assert set(report["results"]["modes"]) == {"one process", "ray, 1 worker", "ray, 2 workers"}

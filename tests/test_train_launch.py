@@ -36,7 +36,9 @@ def test_a_missing_accelerate_config_is_one_line_naming_the_key(tiny_model, tmp_
 
 
 @pytest.mark.slow
-def test_accelerate_trains_sft_then_dpo_on_two_processes_and_saves_loadable_adapters(tiny_model, tmp_path) -> None:
+def test_accelerate_trains_sft_then_dpo_on_two_processes_and_saves_loadable_adapters(
+    tiny_model, tmp_path
+) -> None:
     base = resolve_model(tiny_model)
     sft = train("sft", base, sft_data(), CFG, tmp_path / "sft", seed=0, dist=ACCELERATE)
     # data parallel: each step averages 2 processes x 2 rows, so 8 rows take 2 steps (4 in one process)
@@ -64,4 +66,6 @@ def test_accelerate_trains_sft_then_dpo_on_two_processes_and_saves_loadable_adap
 def test_a_failed_launch_is_one_line(tiny_model, tmp_path: Path) -> None:
     dist = DistributedConfig(train_launcher="accelerate", num_processes=2)
     with pytest.raises(DitsError, match="accelerate launch of the SFT stage failed"):
-        train("sft", ModelRef(str(tmp_path / "no-model")), sft_data(), CFG, tmp_path / "out", seed=0, dist=dist)
+        train(
+            "sft", ModelRef(str(tmp_path / "no-model")), sft_data(), CFG, tmp_path / "out", seed=0, dist=dist
+        )
