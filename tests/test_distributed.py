@@ -204,3 +204,24 @@ def test_the_distributed_benchmark_runs_at_toy_size(tmp_path, tiny_model) -> Non
     report = run_benchmark("distributed", tmp_path, *sizes)
     assert report["results"]["identical"] is True
     assert set(report["results"]["modes"]) == {"one process", "ray, 1 worker", "ray, 2 workers"}
+
+
+@pytest.mark.slow
+def test_accelerate_training_stops_the_workers_and_the_next_stage_starts_new_ones(
+    tmp_path, tiny_model, ray_local, monkeypatch
+) -> None:
+    from dits.distributed import Cluster
+
+    started: list[Cluster] = []
+    start = Cluster.__init__
+
+    def remember(self, cfg) -> None:
+        start(self, cfg)
+        started.append(self)
+
+    monkeypatch.setattr(Cluster, "__init__", remember)
+    cfg = config(tmp_path, tiny_model, "isft", *RAY, "distributed.train_launcher=accelerate")
+    results = run(cfg)
+    assert set(results) == {"base", "iter_0"}
+    assert len(started) == 2 and all(not c.actors for c in started)  # before and after SFT; both stopped
+    assert (cfg.run_dir / "iter_0" / "sft" / "adapter_model.safetensors").exists()
