@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from dits.config import load_config
 from dits.context import StageContext
 from dits.distributed import chunks
 from dits.engines.base import GenerationRequest, SamplingParams
@@ -24,52 +23,21 @@ from dits.errors import DitsError
 from dits.recipes import run
 from dits.runtime import ModelHost
 from dits.store import JsonlLog
+from test_loop import DITS_SMALL, artefacts
+from test_loop import config as loop_config
 
-SMALL = [
-    "task.name=synth-ie",
-    "engine.kind=fake",
+MORE = [  # on top of test_loop's SMALL: enough tasks that two workers get several chunks each
     "isft.tasks_per_iteration=6",
-    "isft.samples_per_task=2",
-    "isft.min_reward=-10",
     "search.tasks_per_iteration=5",
-    "search.expansions=2",
-    "search.rollouts_per_expansion=2",
     "search.token_budget_tasks=3",
-    "pairs.min_chosen_value=-10",
-    "pairs.min_gap=-10",
     "eval.limit=5",
-    "sft.batch_size=2",
-    "dpo.batch_size=2",
-    "sft.max_length=512",
-    "dpo.max_length=512",
-    "loop.iterations=1",
-    "dialogue.max_turns=3",
-    "dialogue.demonstration=false",
 ]
-DITS_SMALL = [  # tests/test_loop.py's DITS run on tiny-random, probes included
-    "engine.kind=hf",
-    "dialogue.max_utterance_tokens=6",
-    "dialogue.max_turns=2",
-    "influence.validation_tasks=2",
-    "influence.group_size=2",
-    "influence.warmup_steps=1",
-    "influence.probe_lr=0.001",
-    "influence.adapters_per_batch=4",  # the workers' chunks are smaller: batches do not change results
-    "influence.estimator=racing",
-    "influence.racing_initial_tasks=1",
-]
+RACING = ["influence.estimator=racing", "influence.racing_initial_tasks=1"]
 RAY = ["distributed.backend=ray", "distributed.workers=2"]
 
 
 def config(tmp_path, tiny_model, method: str, *extra: str):
-    return load_config(
-        None,
-        [f"name={method}", f"runs_dir={tmp_path}", f"model={tiny_model}", f"method={method}", *SMALL, *extra],
-    )
-
-
-def artefacts(run_dir) -> dict[str, str]:
-    return {str(p.relative_to(run_dir)): p.read_text() for p in sorted(run_dir.rglob("*.jsonl"))}
+    return loop_config(tmp_path, tiny_model, method, *MORE, *extra)
 
 
 # ---------------------------------------------------------------------------------------- without Ray
@@ -186,9 +154,10 @@ def test_ray_run_writes_the_artefacts_of_one_process_even_when_a_worker_dies(
 
 @pytest.mark.slow
 def test_ray_dits_run_on_tiny_random_writes_byte_identical_artefacts(tmp_path, tiny_model, ray_local) -> None:
-    single = config(tmp_path / "a", tiny_model, "dits", *DITS_SMALL)
+    # racing probes; the workers' chunks of groups are smaller than one process's batches of 4
+    single = config(tmp_path / "a", tiny_model, "dits", *DITS_SMALL, *RACING)
     run(single)
-    distributed = config(tmp_path / "b", tiny_model, "dits", *DITS_SMALL, *RAY)
+    distributed = config(tmp_path / "b", tiny_model, "dits", *DITS_SMALL, *RACING, *RAY)
     run(distributed)
     ours, theirs = artefacts(distributed.run_dir), artefacts(single.run_dir)
     assert "iter_0/trees_round0.jsonl" in ours
@@ -225,3 +194,18 @@ def test_accelerate_training_stops_the_workers_and_the_next_stage_starts_new_one
     assert set(results) == {"base", "iter_0"}
     assert len(started) == 2 and all(not c.actors for c in started)  # before and after SFT; both stopped
     assert (cfg.run_dir / "iter_0" / "sft" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_an_error_on_a_worker_is_the_same_one_line_error_here(tmp_path, tiny_model, ray_local) -> None:
+    from dits.distributed import Cluster
+
+    cluster = Cluster(
+        config(tmp_path, tiny_model, "isft", *RAY, "engine.kind=hf", f"model={tmp_path / 'none'}")
+    )
+    try:
+        with pytest.raises(DitsError, match="none") as caught:
+            cluster.map_programs(_echo_program, [1, 2])
+    finally:
+        cluster.close()
+    assert "\n" not in str(caught.value) and cluster.deaths == 0

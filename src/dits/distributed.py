@@ -257,6 +257,8 @@ class Cluster:
                 free.append(slot)
                 continue
             except self._lost as exc:
+                if getattr(exc, "actor_init_failed", False):  # not a crash: every new worker would fail
+                    raise DitsError(f"a Ray worker could not start: {_last_line(exc)}") from exc
                 del running[ready]
                 self._replace(slot, exc)
                 free.append(slot)
@@ -272,7 +274,7 @@ class Cluster:
     def _replace(self, slot: int, exc: Exception) -> None:
         """A fresh actor in place of the dead one at ``slot``."""
         self.deaths += 1
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = _last_line(exc)
         if self.deaths > MAX_DEATHS_PER_WORKER * len(self.actors):
             raise DitsError(
                 f"distributed: {self.deaths} Ray workers died in this run (last: {reason}); see the Ray "
@@ -335,6 +337,12 @@ class RemoteHarness:
                 measures, results = arrived.pop(done)
                 yield groups[done], Probed({}, measures), results
                 done += 1
+
+
+def _last_line(exc: Exception) -> str:
+    """The last line of an exception's message (a remote traceback ends with the error itself)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _runtime_env(address: str | None) -> dict[str, Any] | None:
