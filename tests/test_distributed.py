@@ -58,6 +58,16 @@ def test_ray_backend_without_ray_names_the_extra(tmp_path, tiny_model, monkeypat
         ctx.map_programs(_echo_program, [1])
 
 
+def test_workers_that_do_not_fit_the_cluster_are_one_line_naming_the_keys() -> None:
+    from dits.config import DistributedConfig
+    from dits.distributed import check_resources
+
+    dist = DistributedConfig(backend="ray", workers=4, num_gpus=1)
+    check_resources(dist, {"CPU": 8.0, "GPU": 4.0})
+    with pytest.raises(DitsError, match=r"needs 4 GPUs but the Ray cluster has 2; lower distributed.workers"):
+        check_resources(dist, {"CPU": 8.0, "GPU": 2.0})
+
+
 def test_chunks_are_consecutive_and_cover_every_item() -> None:
     assert chunks(5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
     assert chunks(0, 3) == []

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from dits.config import RunConfig
+from dits.config import DistributedConfig, RunConfig
 from dits.engines.batching import Program, iter_programs
 from dits.errors import DitsError
 from dits.influence.estimator import Group, Harness, Probed
@@ -71,6 +71,20 @@ def import_ray() -> Any:
             "distributed.backend=ray needs Ray: pip install 'dits[ray]' (or set distributed.backend=none)"
         ) from exc
     return ray
+
+
+def check_resources(dist: DistributedConfig, total: Mapping[str, float]) -> None:
+    """Fail with one line when the cluster's ``total`` resources cannot hold every worker (an actor that
+    cannot be placed would wait forever)."""
+    for key, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+        per_worker = getattr(dist, key)
+        need, have = dist.workers * per_worker, total.get(resource, 0.0)
+        if need > have:
+            raise DitsError(
+                f"distributed.workers={dist.workers} x distributed.{key}={per_worker:g} needs {need:g} "
+                f"{resource}s but the Ray cluster has {have:g}; lower distributed.workers or "
+                f"distributed.{key}"
+            )
 
 
 def chunks(count: int, size: int) -> list[range]:
@@ -178,24 +192,17 @@ class Cluster:
         if self._owns_ray:
             # "local": a new local Ray even when another one runs on this machine
             ray.init(address=dist.address or "local", runtime_env=_runtime_env(dist.address))
-        self._check_resources(ray.cluster_resources())
+        try:
+            check_resources(dist, ray.cluster_resources())
+        except DitsError:
+            if self._owns_ray:
+                ray.shutdown()
+            raise
         self._remote = ray.remote(Worker)
         self._lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
         self.actors = [self._start() for _ in range(dist.workers)]
         self.deaths = 0
         self.generated_tokens = 0
-
-    def _check_resources(self, total: Mapping[str, float]) -> None:
-        dist = self.cfg.distributed
-        for key, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
-            per_worker = getattr(dist, key)
-            need, have = dist.workers * per_worker, total.get(resource, 0.0)
-            if need > have:
-                raise DitsError(
-                    f"distributed.workers={dist.workers} x distributed.{key}={per_worker:g} needs {need:g} "
-                    f"{resource}s but the Ray cluster has {have:g}; lower distributed.workers or "
-                    f"distributed.{key}"
-                )
 
     def _start(self) -> Any:
         dist = self.cfg.distributed
