@@ -269,7 +269,8 @@ class Cluster:
                 del running[ready]
                 self._replace(slot, exc)
                 free.append(slot)
-                queue.appendleft(list(left.items()))
+                if left:
+                    queue.appendleft(list(left.items()))
                 continue
             except ray.exceptions.RayTaskError as exc:
                 if isinstance(exc.cause, DitsError):
