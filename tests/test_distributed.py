@@ -162,6 +162,35 @@ def test_ray_run_writes_the_artefacts_of_one_process_even_when_a_worker_dies(
     assert clusters[0].deaths == 1
 
 
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_ray_run_killed_mid_stage_resumes_in_one_process_to_the_same_artefacts(
+    tmp_path, tiny_model, ray_local, monkeypatch
+) -> None:
+    reference = config(tmp_path / "a", tiny_model, "isft-dpo")
+    run(reference)
+    append = JsonlLog.append
+    trees: list[str] = []
+
+    def crash_at_the_third_tree(self, record) -> None:
+        if self.path.name == "trees.jsonl":
+            trees.append(record["id"])
+            if len(trees) == 3:
+                raise Crash  # the driver dies with two trees written
+        append(self, record)
+
+    monkeypatch.setattr(JsonlLog, "append", crash_at_the_third_tree)
+    with pytest.raises(Crash):
+        run(config(tmp_path / "b", tiny_model, "isft-dpo", *RAY))
+    monkeypatch.undo()
+    resumed = config(tmp_path / "b", tiny_model, "isft-dpo")  # the same run, without Ray
+    run(resumed)
+    assert artefacts(resumed.run_dir) == artefacts(reference.run_dir)
+
+
 @pytest.mark.slow
 def test_ray_dits_run_on_tiny_random_writes_byte_identical_artefacts(tmp_path, tiny_model, ray_local) -> None:
     # racing probes; the workers' chunks of groups are smaller than one process's batches of 4
