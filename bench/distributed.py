@@ -8,7 +8,7 @@ stages (their wall time in the run's manifest). The ``token_budget`` stage, firs
 also carries their start and model load; it is reported, not counted.
 
 A third workload measures what the distribution itself costs per record: iSFT sampling of many tasks
-with the scripted engine (``engine.kind=fake``: no model, so the stage's time is the driver's and Ray's
+(after a first sampling stage that starts the workers) with the scripted engine (``engine.kind=fake``: no model, so the stage's time is the driver's and Ray's
 own work — scheduling, pickling, the durable ``log.append`` of every record).
 
 Reported per mode: seconds, trees/s, groups/s and records/s, and for Ray the overhead against one
@@ -37,7 +37,7 @@ SIZES = {  # (full, quick)
     "trees": (16, 4),
     "expansions": (4, 2),
     "validation": (8, 2),
-    "records": (512, 64),
+    "records": (4096, 1024),
     "workers": (2, 2),
 }
 FILES = ("trees.jsonl", "influence.jsonl", "influence_units.jsonl")
@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--trees", type=int, default=None, help="search trees (16; quick 4)")
     parser.add_argument("--expansions", type=int, default=None, help="expansions per tree (4; quick 2)")
     parser.add_argument("--validation", type=int, default=None, help="validation tasks V (8; quick 2)")
-    parser.add_argument("--records", type=int, default=None, help="scripted iSFT tasks (512; quick 64)")
+    parser.add_argument("--records", type=int, default=None, help="scripted iSFT tasks (4096; quick 1024)")
     parser.add_argument("--workers", type=int, default=None, help="the larger Ray pool (2)")
     args = parser.parse_args()
     sized(args, SIZES)
@@ -109,6 +109,7 @@ def sample_records(args: argparse.Namespace, placement: list[str]) -> dict[str, 
     extra = [*FAKE, f"isft.tasks_per_iteration={args.records}", *placement]
     ctx = scratch_run(scratch_config(f"{NAME}-records", args, extra), fresh=True)
     try:
+        sample_stage(ctx, "warmup", None, first=True)  # starts the workers: not timed
         sample_stage(ctx, IT, None, first=True)
     finally:
         ctx.close()
@@ -164,6 +165,7 @@ def main() -> None:
         "records_speedup_workers": ratio(single["records_seconds"], pool["records_seconds"]),
         "driver_ms_per_record": 1000 * ratio(pool["records_seconds"], pool["records"]),
     }
+    report["meta"]["load_average_after"] = list(os.getloadavg())  # other users' work skews the ratios
     report["summary"] = summary_rows(report["results"], args.workers)
     finish(NAME, args, report)
     if not report["results"]["identical"]:

@@ -103,7 +103,7 @@ def test_a_worker_killed_mid_chunk_has_its_unfinished_items_rescheduled(
 
     from dits.distributed import Cluster
 
-    cluster = Cluster(config(tmp_path, tiny_model, "isft", *RAY))
+    cluster = Cluster(config(tmp_path, tiny_model, "isft", *RAY, "engine.batch_size=2"))
     killed: list[int] = []
     seen: list[int] = []
 
@@ -114,7 +114,7 @@ def test_a_worker_killed_mid_chunk_has_its_unfinished_items_rescheduled(
             os.kill(result[1], signal.SIGKILL)
 
     try:
-        items = list(range(16))  # 2 workers x 4 chunks: chunks of two items
+        items = list(range(16))  # 2 workers x 4 chunks of two items (the engine's batch)
         results = cluster.map_programs(
             partial(_echo_program, delay=0.3), items, max_active=1, on_done=on_done
         )

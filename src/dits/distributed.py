@@ -10,9 +10,10 @@ is `dits.engines.batching.run_programs` in this process and nothing here is used
   ``functools.partial`` of one over plain data: seeds, settings, a `dits.runtime.Policy` whose adapter
   folder it loads) and items (task instances, trees, groups); it builds the programs itself and
   streams each result back as its program finishes. The driver writes records as they arrive.
-* **Deterministic partition.** Items are cut into contiguous chunks (``CHUNKS_PER_WORKER`` per worker;
-  probe groups: ``influence.adapters_per_batch`` per chunk, fewer when a racing round has fewer groups
-  than the workers could take); a free worker takes the next chunk. Every program draws its randomness
+* **Deterministic partition.** Items are cut into contiguous chunks (`Cluster.chunk_size`: about
+  ``CHUNKS_PER_WORKER`` per worker, none smaller than the engine's batch while a worker's share is
+  larger; probe groups: ``influence.adapters_per_batch`` per chunk, fewer when a racing round has fewer
+  groups than the workers could take); a free worker takes the next chunk. Every program draws its randomness
   from its own seed, so a result does not depend on the worker or on the other programs of its chunk:
   the stage logs get the same records as in one process, and the stages' final in-order rewrite makes
   them the same files.
@@ -55,7 +56,7 @@ R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 CHUNKS_PER_WORKER = 4
-"""Programs are cut into this many chunks per worker: fewer means larger waves, more means better
+"""Programs are cut into about this many chunks per worker: fewer means larger waves, more means better
 balance between workers (a tree search's trees differ in length)."""
 MAX_DEATHS_PER_WORKER = 2
 SessionOpener = Callable[[ModelHost, Path], ProbeSession]
@@ -218,18 +219,24 @@ class Cluster:
         on_done: Callable[[int, R], None] | None = None,
     ) -> list[R]:
         """`dits.context.StageContext.map_programs` on the workers (module docstring)."""
-        size = max(1, math.ceil(len(items) / (len(self.actors) * CHUNKS_PER_WORKER)))
         results: dict[int, R] = {}
 
         def submit(actor: Any, chunk: list[tuple[int, T]]) -> Any:
             return actor.run.remote(make, chunk, max_active)
 
-        for index, (result, tokens) in self.stream(items, size, submit):
+        for index, (result, tokens) in self.stream(items, self.chunk_size(len(items)), submit):
             self.generated_tokens += tokens
             results[index] = result
             if on_done is not None:
                 on_done(index, result)
         return [results[i] for i in range(len(items))]
+
+    def chunk_size(self, count: int) -> int:
+        """Programs per chunk: ``CHUNKS_PER_WORKER`` chunks per worker, but never fewer programs than
+        ``engine.batch_size`` while a worker's share has that many (a chunk's programs share waves)."""
+        workers = len(self.actors)
+        balanced = math.ceil(count / (workers * CHUNKS_PER_WORKER))
+        return max(1, balanced, min(math.ceil(count / workers), self.cfg.engine.batch_size))
 
     def probe_harness(
         self, session: ProbeSession, opener: SessionOpener, folder: Path, pairs: Sequence[PreferencePair]
