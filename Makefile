@@ -7,6 +7,7 @@ DITS   := $(VENV)/bin/dits
 TORCH  ?= torch==2.13.0
 TORCH_CPU ?= $(TORCH)+cpu
 STAMP  := $(VENV)/.dits-installed
+RAY_STAMP := $(VENV)/.dits-ray-installed
 
 .PHONY: setup demo demo-full test test-slow test-vllm bench lint clean
 
@@ -40,7 +41,12 @@ demo-full: setup
 test: setup
 	$(PY) -m pytest -q
 
-test-slow: setup
+# The slow tests also start Ray workers: the ray extra is installed for them.
+$(RAY_STAMP): $(STAMP)
+	$(PIP) install -e ".[dev,ray]"
+	touch $(RAY_STAMP)
+
+test-slow: setup $(RAY_STAMP)
 	$(DITS) models pull smollm2-135m
 	$(PY) -m pytest -q -m slow
 

@@ -173,4 +173,3 @@ def _send(handler: BaseHTTPRequestHandler, status: int, answer: Any) -> None:
     handler.send_header("content-length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
-

@@ -69,7 +69,9 @@ def test_greedy_completions_equal_transformers_generate(tiny_model: str) -> None
         )
         output = model.generate(**inputs, max_new_tokens=10, do_sample=False)
         expected = hf.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        (completion,), = hf.generate([GenerationRequest(chat(prompt), adapter=BASE)], SamplingParams(max_new_tokens=10))
+        ((completion,),) = hf.generate(
+            [GenerationRequest(chat(prompt), adapter=BASE)], SamplingParams(max_new_tokens=10)
+        )
         assert completion.text == expected
 
 
@@ -131,7 +133,9 @@ def test_prefix_tree_matches_splits_and_evicts() -> None:
     length, pieces = tree.match("a", [1, 2, 9])
     assert length == 2 and torch.cat(pieces, dim=-2)[0, 0, 0, :, 0].tolist() == [0.0, 1.0]
     assert tree.match("b", [1, 2])[0] == 0  # adapters never share keys/values
-    tree.insert("a", [1, 2, 7], torch.cat([torch.arange(2.0).view(1, 1, 1, 2, 1).expand(1, 2, 1, 2, 2), kv(1, 7)], -2))
+    tree.insert(
+        "a", [1, 2, 7], torch.cat([torch.arange(2.0).view(1, 1, 1, 2, 1).expand(1, 2, 1, 2, 2), kv(1, 7)], -2)
+    )
     length, pieces = tree.match("a", [1, 2, 7, 8])
     assert length == 3 and torch.cat(pieces, dim=-2)[0, 0, 0, :, 0].tolist() == [0.0, 1.0, 7.0]
     assert tree.match("a", [1, 2, 3, 4])[0] == 4  # the split kept the old branch whole

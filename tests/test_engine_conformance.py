@@ -132,7 +132,9 @@ def test_stop_strings_are_cut_from_the_text(engine: Engine) -> None:
     if len(text) < 2:
         pytest.skip("the engine generated too little text to cut")
     stop = text[len(text) // 2 :][:2]
-    (cut,) = engine.generate([GenerationRequest(chat(PROMPTS[2]))], SamplingParams(max_new_tokens=8, stop=(stop,)))
+    (cut,) = engine.generate(
+        [GenerationRequest(chat(PROMPTS[2]))], SamplingParams(max_new_tokens=8, stop=(stop,))
+    )
     assert stop not in cut[0].text and text.startswith(cut[0].text)
 
 

@@ -174,7 +174,9 @@ def test_a_killed_server_stops_the_run_in_one_line_and_the_same_command_resumes(
 
 
 @pytest.mark.slow
-def test_demo_through_transformers_serve_refuses_dits_before_spending(tiny_model: str, tmp_path: Path) -> None:
+def test_demo_through_transformers_serve_refuses_dits_before_spending(
+    tiny_model: str, tmp_path: Path
+) -> None:
     """The demo pointed at transformers serve: one line, nothing computed."""
     server = unpinned_server(tmp_path / "server.log")
     overrides = [

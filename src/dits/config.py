@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -251,7 +251,9 @@ class InfluenceConfig(Section):
         "probes moved; 0: the first V",
     )
     validation_samples: int = Field(
-        1, ge=1, description="dialogues per validation task: 1 greedy (paper), K > 1 sampled with shared seeds"
+        1,
+        ge=1,
+        description="dialogues per validation task: 1 greedy (paper), K > 1 sampled with shared seeds",
     )
     validation_temperature: float = Field(
         0.7, gt=0, description="temperature of the sampled validation dialogues (validation_samples > 1)"
@@ -375,6 +377,38 @@ class EvalConfig(Section):
     )
 
 
+class DistributedConfig(Section):
+    """Beyond one machine: inference stages on Ray actors, training under ``accelerate launch``."""
+
+    backend: Literal["none", "ray"] = Field(
+        "none",
+        description="none: every stage in this process; ray: iSFT sampling, tree search, evaluation and "
+        "probe groups run on Ray actors, each with its own engine (needs the ray extra)",
+    )
+    workers: int = Field(2, ge=1, description="ray: number of actors (each loads the model once)")
+    address: str | None = Field(
+        None,
+        description="ray: address of a running cluster (e.g. auto, or HEAD_IP:6379 after `ray start "
+        "--head`); null: start a local one",
+    )
+    num_cpus: float = Field(1, ge=0, description="ray: CPUs reserved per actor")
+    num_gpus: float = Field(0, ge=0, description="ray: GPUs reserved per actor (fractions share a GPU)")
+    train_launcher: Literal["in-process", "accelerate"] = Field(
+        "in-process",
+        description="how SFT and DPO stages train: in this process, or under `accelerate launch` "
+        "(data parallel over num_processes; DeepSpeed or FSDP through accelerate_config)",
+    )
+    num_processes: int = Field(2, ge=1, description="accelerate: training processes (one per GPU)")
+    accelerate_config: str | None = Field(
+        None,
+        description="accelerate: an accelerate config file passed to `accelerate launch --config_file` "
+        "(e.g. TRL's examples/accelerate_configs/zero2.yaml, zero3.yaml, fsdp.yaml); null: plain data parallel",
+    )
+
+    PLACEMENT: ClassVar[tuple[str, ...]] = ("backend", "workers", "address", "num_cpus", "num_gpus")
+    """Keys that choose where inference runs, not what it computes: a run may resume with others."""
+
+
 class RunConfig(Section):
     """A whole experiment."""
 
@@ -419,6 +453,10 @@ class RunConfig(Section):
     eval: EvalConfig = Field(
         default_factory=EvalConfig, description="evaluation before training and after every iteration"
     )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Ray actors for inference and probes, accelerate for training (default: one process)",
+    )
 
     @field_validator("name")
     @classmethod
@@ -442,7 +480,9 @@ class RunConfig(Section):
         if not self.guided_search and self.search_rounds > 1:
             raise ValueError("search.rounds > 1 only splits an influence-guided search; it does nothing here")
         if self.search_rounds > self.search.expansions:
-            raise ValueError(f"search.rounds={self.search_rounds} exceeds search.expansions={self.search.expansions}")
+            raise ValueError(
+                f"search.rounds={self.search_rounds} exceeds search.expansions={self.search.expansions}"
+            )
         if self.method in INFLUENCE_METHODS and not self.engine_hosts_adapters:
             raise ValueError(
                 f"method {self.method} probes influence through adapters the engine hosts; "

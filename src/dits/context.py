@@ -12,61 +12,63 @@ available to the engine and returns the adapter name its requests carry.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dits.config import INFLUENCE_METHODS, RunConfig
-from dits.engines.base import SERVED, Engine, require
-from dits.engines.factory import make_engine
+from dits.engines.base import Engine, require
+from dits.engines.batching import Program, run_programs
 from dits.errors import DitsError
 from dits.executor import Run, StageWork
 from dits.models import ModelRef, resolve_model
-from dits.runtime import build_system, check_limit, take
+from dits.runtime import ModelHost, Policy, check_limit, take
 from dits.tasks.base import TaskInstance
 
+if TYPE_CHECKING:
+    from dits.distributed import Cluster, SessionOpener
+    from dits.influence.estimator import Harness
+    from dits.influence.session import ProbeSession
+    from dits.search.pairs import PreferencePair
 
-@dataclass(frozen=True)
-class Policy:
-    """A model trained by the run: ``name`` is its adapter name in the engine (unique across runs that
-    share an engine), ``path`` its folder (a PEFT LoRA adapter, or a full model with ``lora: false``)."""
+__all__ = ["Policy", "StageContext"]
 
-    name: str
-    path: Path
-
-    @property
-    def is_adapter(self) -> bool:
-        return (self.path / "adapter_config.json").exists()
+T = TypeVar("T")
+R = TypeVar("R")
+ProgramFactory = Callable[[ModelHost, T], Program[R]]
+"""Builds one item's program on a `ModelHost` (the driver's context or a worker): a module-level function
+(or a `functools.partial` of one over plain data), so that it can be sent to a worker by name."""
 
 
-class StageContext:
+class StageContext(ModelHost):
     """The run a stage works in, held by this process until `close` (or the end of a ``with`` block).
-    The engine is created on first use (``engine``), or given. ``redo``: see `dits.executor.Run`.
+    The engine is created on first use (``engine``), or given; with ``distributed.backend: ray`` the
+    stages' programs and probe groups run on the workers of `dits.distributed.Cluster` instead
+    (`map_programs`, `probe_harness`). ``redo``: see `dits.executor.Run`.
 
     Everything a config names is checked before the run directory is touched: the task (and its data
     files), the model, and that a given engine can do what the method needs."""
 
     def __init__(self, cfg: RunConfig, engine: Engine | None = None, *, redo: str | None = None) -> None:
-        self.cfg = cfg
-        self.system = build_system(cfg)
+        super().__init__(cfg, engine)
         check_limit(self.system.task, cfg.eval.limit)
         resolve_model(cfg.model)
         if engine is not None and cfg.method in INFLUENCE_METHODS:
             require(engine, "trainable_model", f"method {cfg.method} (influence probes)")
         self.run = Run(cfg, redo=redo)
         self.store = self.run.store
-        self.reward = cfg.reward
-        self._engine = engine
-        self._served_model = cfg.model  # what the engine serves as SERVED
         self._cursor = 0
+        self._cluster: Cluster | None = None
         self.live: dict[str, Any] = {}
         """Objects built once per process and shared by several stages (e.g. an iteration's θ*)."""
 
     def close(self) -> None:
-        """Release the run directory (the engine stays usable)."""
-        self.run.close()
+        """Stop the run's workers and release the run directory (the engine stays usable)."""
+        try:
+            self.stop_workers()
+        finally:
+            self.run.close()
 
     def __enter__(self) -> StageContext:
         return self
@@ -76,31 +78,51 @@ class StageContext:
     ) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ engine
+    # ------------------------------------------------------------------ distribution
     @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = make_engine(self.cfg.engine, self.cfg.model)
-        return self._engine
+    def cluster(self) -> Cluster:
+        """The run's Ray workers (started on first use)."""
+        if self._cluster is None:
+            from dits.distributed import Cluster
 
-    def serve(self, policy: Policy | None) -> str | None:
-        """The adapter name under which ``policy`` generates (loaded into the engine on first use).
+            self._cluster = Cluster(self.cfg)
+        return self._cluster
 
-        ``None`` (the initial model) and a fully fine-tuned policy are the engine's `SERVED` model; for
-        the latter the engine is replaced by one that serves the policy's folder (with the initial model
-        kept as the frozen reference of the readability NLL). A scripted engine has no weights and
-        serves any policy as it is.
-        """
-        if policy is None:
-            return SERVED
-        if not policy.is_adapter:
-            if self.cfg.engine.kind != "fake" and self._served_model != str(policy.path):
-                self._engine = make_engine(self.cfg.engine, str(policy.path), reference=self.cfg.model)
-                self._served_model = str(policy.path)
-            return SERVED
-        if policy.name not in self.engine.adapters():
-            self.engine.load_adapter(policy.name, str(policy.path))
-        return policy.name
+    def map_programs(
+        self,
+        make: ProgramFactory[T, R],
+        items: Sequence[T],
+        *,
+        max_active: int | None = None,
+        on_done: Callable[[int, R], None] | None = None,
+    ) -> list[R]:
+        """Run ``make(host, item)`` for every item to completion; results in input order, ``on_done(index,
+        result)`` as each finishes. ``distributed.backend: none`` runs them here (`run_programs`); ``ray``
+        partitions ``items`` over the workers, each running its share with ``max_active`` in flight."""
+        if self.cfg.distributed.backend == "none":
+            programs = [make(self, item) for item in items]  # first: serving a policy may replace the engine
+            return run_programs(programs, self.engine, max_active=max_active, on_done=on_done)
+        return self.cluster.map_programs(make, items, max_active=max_active, on_done=on_done)
+
+    def probe_harness(
+        self,
+        session: ProbeSession,
+        opener: SessionOpener,
+        folder: Path,
+        pairs: Sequence[PreferencePair],
+    ) -> Harness:
+        """What measures the probe groups of ``session``: its harness (``distributed.backend: none``), or
+        one that sends them to the workers (``ray``), each reopening the session with ``opener`` from its
+        files in ``folder`` and adding ``pairs`` as ``session.groups(pairs)`` did here."""
+        if self.cfg.distributed.backend == "none":
+            return session.harness
+        return self.cluster.probe_harness(session, opener, folder, pairs)
+
+    def stop_workers(self) -> None:
+        """Stop the run's workers, if any were started (the next inference stage starts new ones)."""
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
 
     def policy(self, iteration: str, stage: str) -> Policy:
         """The policy stage ``iteration/stage`` trains (its folder in the run directory)."""
@@ -118,7 +140,8 @@ class StageContext:
         return self.run.stage(key, work, outputs=outputs, tokens=self._generated_tokens)
 
     def _generated_tokens(self) -> int:
-        return self._engine.stats.generated_tokens if self._engine is not None else 0
+        local = self._engine.stats.generated_tokens if self._engine is not None else 0
+        return local + (self._cluster.generated_tokens if self._cluster is not None else 0)
 
     def seed(self, *parts: object) -> int:
         return self.run.seed(*parts)

@@ -58,9 +58,7 @@ def demo_configs(quick: bool, runs_dir: str, overrides: list[str]) -> tuple[RunC
     )
 
 
-def share_stages(
-    source: RunConfig, target: RunConfig, stages: Sequence[str], files: Sequence[str]
-) -> None:
+def share_stages(source: RunConfig, target: RunConfig, stages: Sequence[str], files: Sequence[str]) -> None:
     """Copy ``stages`` (their manifest entries, with their output records, and ``files``) that ``target``
     would compute exactly as ``source`` did from ``source``'s run directory into ``target``'s (once;
     output paths are relative to the run directory, so the copies verify)."""

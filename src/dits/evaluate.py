@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dits.context import Policy, StageContext
+from dits.context import StageContext
 from dits.engines.base import SERVED, Engine, SamplingParams
-from dits.engines.batching import parallel, run_programs
+from dits.engines.batching import Program, parallel, run_programs
 from dits.mas.dialogue import Dialogue, TwoAgentSystem
 from dits.progress import StageTimer, progress_bar
+from dits.runtime import ModelHost, Policy
 from dits.tasks.base import TaskInstance
 from dits.tasks.metrics import normalize_text
 from dits.utils import derive_seed, write_atomic
@@ -47,6 +49,23 @@ def majority_answer(answers: Sequence[str | None]) -> str | None:
     return next(answer for key, answer in keyed if counts[key] == best)
 
 
+def play_instance(
+    system: TwoAgentSystem,
+    instance: TaskInstance,
+    *,
+    adapter: str | None,
+    seed: int,
+    self_consistency: int,
+    sc_temperature: float,
+) -> Program[list[Dialogue]]:
+    """A program: one greedy dialogue of ``instance``, or ``self_consistency`` sampled ones (same waves)."""
+    params = SamplingParams(temperature=sc_temperature) if self_consistency else SamplingParams()
+    return parallel(
+        system.converse(instance, params, seed=derive_seed(seed, instance.id, k), adapter=adapter)
+        for k in range(max(self_consistency, 1))
+    )
+
+
 def evaluate(
     system: TwoAgentSystem,
     instances: Sequence[TaskInstance],
@@ -60,20 +79,36 @@ def evaluate(
     sc_temperature: float = 0.5,
 ) -> tuple[list[dict[str, Any]], EvalSummary]:
     """Play every instance (greedy, or ``self_consistency`` samples + majority vote) and score it."""
+
+    def play(on_done: Callable[..., None]) -> list[list[Dialogue]]:
+        programs = [
+            play_instance(
+                system,
+                i,
+                adapter=adapter,
+                seed=seed,
+                self_consistency=self_consistency,
+                sc_temperature=sc_temperature,
+            )
+            for i in instances
+        ]
+        return run_programs(programs, engine, on_done=on_done)
+
+    return scored_runs(system, instances, play, model_label, split, self_consistency)
+
+
+def scored_runs(
+    system: TwoAgentSystem,
+    instances: Sequence[TaskInstance],
+    play: Callable[[Callable[..., None]], list[list[Dialogue]]],
+    model_label: str,
+    split: str,
+    self_consistency: int,
+) -> tuple[list[dict[str, Any]], EvalSummary]:
+    """Each instance's record and the summary, from ``play(on_done)``: every instance's dialogues."""
     timer = StageTimer(f"eval {system.task.name}/{split}")
-    samples = max(self_consistency, 1)
-    params = SamplingParams(temperature=sc_temperature) if self_consistency else SamplingParams()
-
-    def play(instance: TaskInstance):  # one program per instance: its k dialogues run in the same wave
-        return parallel(
-            system.converse(instance, params, seed=derive_seed(seed, instance.id, k), adapter=adapter)
-            for k in range(samples)
-        )
-
     with progress_bar(f"eval {system.task.name}", len(instances)) as advance:
-        runs: list[list[Dialogue]] = run_programs(
-            [play(i) for i in instances], engine, on_done=lambda *_: advance(1)
-        )
+        runs = play(lambda *_: advance(1))
     records = []
     for instance, dialogues in zip(instances, runs, strict=True):
         answer = (
@@ -113,24 +148,37 @@ def write_eval(path: Path, records: list[dict[str, Any]], summary: EvalSummary) 
     write_atomic(path, json.dumps({"summary": summary.to_dict(), "records": records}, indent=1))
 
 
+def _eval_program(
+    host: ModelHost, instance: TaskInstance, *, policy: Policy | None, seed: int
+) -> Program[list[Dialogue]]:
+    """`play_instance` of ``instance`` on ``host`` with the run's eval settings (a stage's program factory)."""
+    cfg = host.cfg.eval
+    return play_instance(
+        host.system,
+        instance,
+        adapter=host.serve(policy),
+        seed=seed,
+        self_consistency=cfg.self_consistency,
+        sc_temperature=cfg.self_consistency_temperature,
+    )
+
+
 def evaluation_stage(ctx: StageContext, label: str, policy: Policy | None) -> dict[str, Any]:
     """Stage ``eval/LABEL``: ``policy`` on the first ``eval.limit`` tasks of ``eval.split``
     (``eval/LABEL.json``: every dialogue and the summary, which is returned)."""
     out = ctx.store.path("eval", f"{label}.json")
+    cfg = ctx.cfg.eval
 
     def work() -> dict[str, Any]:
-        instances = ctx.tasks(ctx.cfg.eval.split, ctx.cfg.eval.limit)
-        adapter = ctx.serve(policy)  # first: serving a fully fine-tuned policy replaces the engine
-        records, summary = evaluate(
+        instances = ctx.tasks(cfg.split, cfg.limit)
+        make = partial(_eval_program, policy=policy, seed=ctx.seed("eval"))
+        records, summary = scored_runs(
             ctx.system,
             instances,
-            ctx.engine,
-            model_label=label,
-            split=ctx.cfg.eval.split,
-            adapter=adapter,
-            seed=ctx.seed("eval"),
-            self_consistency=ctx.cfg.eval.self_consistency,
-            sc_temperature=ctx.cfg.eval.self_consistency_temperature,
+            lambda on_done: ctx.map_programs(make, instances, on_done=on_done),
+            label,
+            cfg.split,
+            cfg.self_consistency,
         )
         write_eval(out, records, summary)
         return summary.to_dict()

@@ -32,7 +32,7 @@ import yaml
 
 from dits import __version__
 from dits.artefacts import remove_leftovers
-from dits.config import RunConfig, dump_config, validate_config
+from dits.config import DistributedConfig, RunConfig, dump_config, validate_config
 from dits.errors import DitsError
 from dits.lock import RunLock
 from dits.memory import peak_memory
@@ -87,7 +87,8 @@ class Run:
         """Refuse to resume a run directory whose saved config differs from ``cfg``. The saved config is
         read with today's schema first, so a run saved before a config key existed resumes as long as
         the new key keeps its default (the behaviour the run was started with). Where the run lives
-        (``runs_dir``, ``name``) may differ: a moved run directory resumes."""
+        (``runs_dir``, ``name``) and where inference runs (`dits.config.DistributedConfig.PLACEMENT`) may
+        differ: a moved run directory resumes, on other workers too."""
         path = self.store.path("config.yaml")
         if not path.exists():
             write_atomic(path, dump_config(self.cfg))
@@ -180,7 +181,12 @@ def _config_difference(saved: str, current: RunConfig) -> str | None:
         return str(exc)
     except yaml.YAMLError:
         return "the saved config.yaml is not valid YAML"
-    place = {"runs_dir": current.runs_dir, "name": current.name}
+    placement = {key: getattr(current.distributed, key) for key in DistributedConfig.PLACEMENT}
+    place = {
+        "runs_dir": current.runs_dir,
+        "name": current.name,
+        "distributed": old.distributed.model_copy(update=placement),
+    }
     return _first_difference(old.model_copy(update=place).model_dump(), current.model_dump())
 
 

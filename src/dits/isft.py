@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from dits.config import ISFTConfig, RewardConfig
-from dits.context import Policy, StageContext
+from dits.context import StageContext
 from dits.engines.base import SamplingParams
-from dits.engines.batching import Program, parallel, run_programs
+from dits.engines.batching import Program, parallel
 from dits.mas.dialogue import Dialogue, TwoAgentSystem
 from dits.mas.prompts import FORMAT_POOL
 from dits.progress import progress_bar
 from dits.reward import RewardBreakdown, reward_program
+from dits.runtime import ModelHost, Policy
 from dits.store import in_order
 from dits.tasks.base import TaskInstance
 from dits.utils import derive_seed
@@ -90,6 +92,20 @@ def select_sft_dialogues(
     return [item for item in best[start:stop] if item[2] >= cfg.min_reward]
 
 
+def _sample_program(
+    host: ModelHost, instance: TaskInstance, *, seed: int, first: bool, policy: Policy | None
+) -> Program[dict[str, Any]]:
+    """`sample_instance` of ``instance`` on ``host`` (a stage's program factory)."""
+    return sample_instance(
+        host.system,
+        instance,
+        host.cfg.isft,
+        host.reward,
+        seed=seed,
+        first_iteration=first,
+        adapter=host.serve(policy),
+    )
+
 
 def sample_stage(
     ctx: StageContext, iteration: str, policy: Policy | None, *, first: bool
@@ -105,21 +121,9 @@ def sample_stage(
     def work() -> dict[str, Any]:
         done = log.ids()
         todo = [i for i in instances if i.id not in done]
-        adapter = ctx.serve(policy)
-        programs = [
-            sample_instance(
-                ctx.system,
-                instance,
-                ctx.cfg.isft,
-                ctx.reward,
-                seed=ctx.seed(iteration, "samples"),
-                first_iteration=first,
-                adapter=adapter,
-            )
-            for instance in todo
-        ]
+        make = partial(_sample_program, seed=ctx.seed(iteration, "samples"), first=first, policy=policy)
         with progress_bar(f"{iteration} iSFT sampling", len(todo)) as advance:
-            run_programs(programs, ctx.engine, on_done=lambda _i, rec: (log.append(rec), advance(1)))
+            ctx.map_programs(make, todo, on_done=lambda _i, rec: (log.append(rec), advance(1)))
         records = in_order(log.read(), ids)
         log.rewrite(records)
         return {"tasks": len(records), "dialogues": sum(len(r["dialogues"]) for r in records)}

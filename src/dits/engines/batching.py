@@ -10,7 +10,7 @@ which programs happen to share a wave.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -103,14 +103,21 @@ def run_programs(
     as soon as a program finishes, so callers can persist results before the others complete.
     Results are returned in input order.
     """
-    queue = iter(enumerate(programs))
     results: dict[int, R] = {}
-    active: dict[int, tuple[Program[R], Step]] = {}
-
-    def finish(index: int, value: R) -> None:
+    for index, value in iter_programs(programs, engine, max_active=max_active):
         results[index] = value
         if on_done is not None:
             on_done(index, value)
+    return [results[i] for i in sorted(results)]
+
+
+def iter_programs(
+    programs: Iterable[Program[R]], engine: Engine, *, max_active: int | None = None
+) -> Iterator[tuple[int, R]]:
+    """`run_programs` as a generator: yields ``(index, result)`` as each program finishes."""
+    queue = iter(enumerate(programs))
+    active: dict[int, tuple[Program[R], Step]] = {}
+    finished: list[tuple[int, R]] = []
 
     def admit() -> None:
         while max_active is None or len(active) < max_active:
@@ -121,10 +128,12 @@ def run_programs(
             try:
                 active[index] = (program, next(program))
             except StopIteration as stop:
-                finish(index, stop.value)
+                finished.append((index, stop.value))
 
     admit()
+    yield from finished
     while active:
+        finished.clear()
         order = list(active)
         calls, spans = _flatten([active[i][1] for i in order])
         by_position = _execute_wave(engine, dict(enumerate(calls)))
@@ -134,9 +143,9 @@ def run_programs(
                 active[index] = (program, program.send(_reply(step, by_position, span)))
             except StopIteration as stop:
                 del active[index]
-                finish(index, stop.value)
+                finished.append((index, stop.value))
         admit()
-    return [results[i] for i in sorted(results)]
+        yield from finished
 
 
 def _execute_wave(engine: Engine, calls: dict[int, Call]) -> dict[int, Any]:
@@ -162,4 +171,3 @@ def _execute_wave(engine: Engine, calls: dict[int, Call]) -> dict[int, Any]:
 def run_one(program: Program[R], engine: Engine) -> R:
     """Run a single program (convenience for tests and small jobs)."""
     return run_programs([program], engine)[0]
-

@@ -204,7 +204,9 @@ class HFEngine:
     def _stop_string_check(self, params: SamplingParams) -> Any:
         if not params.stop:
             return None
-        return lambda row: any(s in self.tokenizer.decode(row.generated, skip_special_tokens=True) for s in params.stop)
+        return lambda row: any(
+            s in self.tokenizer.decode(row.generated, skip_special_tokens=True) for s in params.stop
+        )
 
     def _completion(self, row: Row, params: SamplingParams) -> Completion:
         text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
@@ -251,7 +253,9 @@ class HFEngine:
             span = token_nll[row, start - 1 - first : len(ids) - 1 - first]
             values.append(float(span.mean()) if span.numel() else 0.0)
         tokens = sum(len(ids) for ids, _ in batch)
-        self.stats.emit(BatchEvent("nll", len(batch), tokens, len(batch) * width, 1, time.perf_counter() - started))
+        self.stats.emit(
+            BatchEvent("nll", len(batch), tokens, len(batch) * width, 1, time.perf_counter() - started)
+        )
         return values
 
     def count_tokens(self, text: str) -> int:

@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
 from dits.config import RunConfig
-from dits.context import Policy, StageContext
+from dits.context import StageContext
 from dits.errors import DitsError
 from dits.influence.estimator import UnitResult
 from dits.influence.report import GroupInfluence, InfluenceReport, distinct_values, tie_fraction
 from dits.influence.selection import assign_influence, influence_bounds, select_pairs
 from dits.influence.session import ProbeSession, open_session
+from dits.runtime import ModelHost, Policy, take
 from dits.search.pairs import PreferencePair
 from dits.search.policy import InfluencePolicy, NodePolicy
 from dits.search.stages import RoundGuide, tree_pairs
@@ -71,32 +73,46 @@ def probed_influence(
 def probe_session(
     ctx: StageContext, iteration: str, policy: Policy | None, pairs: Sequence[PreferencePair]
 ) -> ProbeSession:
-    """The iteration's session (opened once per process: measured, or reopened from its files)."""
+    """The iteration's session (opened once per process: measured, or reopened from its files). Its
+    opener is kept beside it (``influence/ITER/open``): workers reopen the session with it."""
     key = f"influence/{iteration}"
     if key not in ctx.live:
-        cfg = ctx.cfg
-        start = ctx.serve(policy)  # first: serving a fully fine-tuned policy replaces the engine
-        ctx.live[key] = open_session(
-            ctx.store.path(iteration),
-            ctx.engine,
-            ctx.system,
-            pairs,
-            ctx.tasks("validation", max(cfg.influence.validation_tasks, cfg.influence.validation_pool)),
-            cfg.influence,
-            cfg.dpo,
-            policy=start,
-            seed=ctx.replica_seed(iteration, "influence"),
-            lora=cfg.dpo.lora_settings,
-            first_order=cfg.influence.first_order_proxy,
-            pairs_per_batch=pairs_per_batch(cfg),
-            local_model=cfg.model,
-            policy_path=None if policy is None else str(policy.path),
-        )
+        seed = ctx.replica_seed(iteration, "influence")
+        opener = partial(open_run_session, policy=policy, candidates=list(pairs), seed=seed)
+        ctx.live[key] = opener(ctx, ctx.store.path(iteration))
+        ctx.live[f"{key}/open"] = opener
     return ctx.live[key]
+
+
+def open_run_session(
+    host: ModelHost, folder: Path, *, policy: Policy | None, candidates: Sequence[PreferencePair], seed: int
+) -> ProbeSession:
+    """`open_session` in ``folder`` on ``host``'s engine with the run's influence settings."""
+    cfg = host.cfg
+    start = host.serve(policy)  # first: serving a fully fine-tuned policy replaces the engine
+    size = max(cfg.influence.validation_tasks, cfg.influence.validation_pool)
+    pool = take(host.system.task, "validation", size)
+    return open_session(
+        folder,
+        host.engine,
+        host.system,
+        candidates,
+        pool,
+        cfg.influence,
+        cfg.dpo,
+        policy=start,
+        seed=seed,
+        lora=cfg.dpo.lora_settings,
+        first_order=cfg.influence.first_order_proxy,
+        pairs_per_batch=pairs_per_batch(cfg),
+        local_model=cfg.model,
+        policy_path=None if policy is None else str(policy.path),
+    )
 
 
 def close_session(ctx: StageContext, iteration: str) -> None:
     """Remove the iteration's θ* from the engine (after its last influence stage)."""
+    ctx.live.pop(f"influence/{iteration}/open", None)
     session = ctx.live.pop(f"influence/{iteration}", None)
     if session is not None:
         session.close()
@@ -119,13 +135,16 @@ def influence_stage(
             units.append({"stage": key, **result.to_dict()})
         session.calibration_results = []
         probed = probed_influence(ctx, iteration, pairs, except_stage=key)
-        groups = session.groups([p for p in pairs if p.id not in probed])
+        fresh = [p for p in pairs if p.id not in probed]
+        groups = session.groups(fresh)
         done = {r["group"] for r in log if r["stage"] == key}
         measured = [UnitResult.from_dict(_fields(r)) for r in units if r["stage"] == key]
         by_id = {p.id: p for p in pairs}
+        opener = ctx.live[f"influence/{iteration}/open"]
         results = session.measure(
             [g for g in groups if g.id not in done],
             cfg,
+            harness=ctx.probe_harness(session, opener, ctx.store.path(iteration), fresh),
             measured=measured,
             on_unit=lambda r: units.append({"stage": key, **r.to_dict()}),
         )

@@ -175,6 +175,26 @@ def round_sizes(expansions: int, rounds: int) -> list[int]:
     return [base + (1 if r < extra else 0) for r in range(rounds)]
 
 
+def budget_dialogue(
+    system: TwoAgentSystem,
+    instance: TaskInstance,
+    cfg: SearchConfig,
+    seed: int,
+    adapter: str | None = None,
+) -> Program[Dialogue]:
+    """One dialogue of the token budget's sample: ``instance`` at ``cfg.temperature``."""
+    params = SamplingParams(temperature=cfg.temperature)
+    return system.converse(instance, params, seed=derive_seed(seed, "budget", instance.id), adapter=adapter)
+
+
+def budget_of(dialogues: Sequence[Dialogue], cfg: SearchConfig) -> float:
+    """``floor(percentile_p(token counts)) + 1`` with p = ``cfg.token_budget_percentile``."""
+    if not dialogues:
+        raise ValueError("token_budget needs at least one instance")
+    tokens = [d.tokens for d in dialogues]
+    return float(math.floor(np.percentile(tokens, cfg.token_budget_percentile)) + 1)
+
+
 def token_budget(
     system: TwoAgentSystem,
     instances: Iterable[TaskInstance],
@@ -184,14 +204,9 @@ def token_budget(
     adapter: str | None = None,
 ) -> float:
     """Optima's T_norm for search: one dialogue per task (the first ``cfg.token_budget_tasks``) at
-    ``cfg.temperature``; ``floor(percentile_p(token counts)) + 1`` with p = ``cfg.token_budget_percentile``."""
-    params = SamplingParams(temperature=cfg.temperature)
+    ``cfg.temperature``; `budget_of` their token counts."""
     programs = [
-        system.converse(instance, params, seed=derive_seed(seed, "budget", instance.id), adapter=adapter)
+        budget_dialogue(system, instance, cfg, seed, adapter)
         for instance in islice(instances, cfg.token_budget_tasks)
     ]
-    if not programs:
-        raise ValueError("token_budget needs at least one instance")
-    dialogues = run_programs(programs, engine, max_active=cfg.max_active_trees)
-    tokens = [d.tokens for d in dialogues]
-    return float(math.floor(np.percentile(tokens, cfg.token_budget_percentile)) + 1)
+    return budget_of(run_programs(programs, engine, max_active=cfg.max_active_trees), cfg)

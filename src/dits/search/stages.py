@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
-from dits.context import Policy, StageContext
+from dits.context import StageContext
+from dits.engines.batching import Program
+from dits.mas.dialogue import Dialogue
 from dits.progress import progress_bar
+from dits.runtime import ModelHost, Policy
 from dits.search.pairs import PreferencePair, extract_pairs
 from dits.search.policy import NodePolicy, QPolicy
-from dits.search.runner import grow, round_sizes, token_budget
+from dits.search.runner import budget_dialogue, budget_of, grow_tree, round_sizes
 from dits.search.tree import Tree
 from dits.store import in_order
+from dits.tasks.base import TaskInstance
 
 RoundGuide = Callable[[list[Tree], int], NodePolicy]
 """Called after guided round ``r`` with the trees grown so far; returns the node policy of round r + 1
@@ -32,11 +37,12 @@ def search_stage(
     ``ITER/trees/round_R``), ``guide`` choosing each later round's node policy."""
     cfg = ctx.cfg.search
     instances = ctx.train_tasks(f"{iteration}/trees", cfg.tasks_per_iteration)
-    adapter = ctx.serve(policy)
 
     def budget_work() -> dict[str, Any]:
-        seed = ctx.replica_seed(iteration, "budget")
-        return {"token_budget": token_budget(ctx.system, instances, ctx.engine, cfg, seed, adapter=adapter)}
+        make = partial(_budget_program, seed=ctx.replica_seed(iteration, "budget"), policy=policy)
+        sample = instances[: cfg.token_budget_tasks]
+        dialogues = ctx.map_programs(make, sample, max_active=cfg.max_active_trees)
+        return {"token_budget": budget_of(dialogues, cfg)}
 
     budget = ctx.stage(f"{iteration}/token_budget", budget_work)["token_budget"]
     sizes = round_sizes(cfg.expansions, ctx.cfg.search_rounds if guide is not None else 1)
@@ -49,7 +55,7 @@ def search_stage(
             if last
             else (f"{iteration}/trees/round_{r}", f"trees_round{r}.jsonl")
         )
-        trees = _grow_stage(ctx, key, iteration, name, trees, expansions, budget, node_policy, adapter)
+        trees = _grow_stage(ctx, key, iteration, name, trees, expansions, budget, node_policy, policy)
         if not last:
             assert guide is not None
             node_policy = guide(trees, r)
@@ -65,7 +71,7 @@ def _grow_stage(
     expansions: int,
     budget: float,
     node_policy: NodePolicy,
-    adapter: str | None,
+    policy: Policy | None,
 ) -> list[Tree]:
     """Stage ``key``: grow every tree by ``expansions`` (finished trees appended to ``name``)."""
     log = ctx.store.log(iteration, name)
@@ -74,19 +80,20 @@ def _grow_stage(
     def work() -> dict[str, Any]:
         done = log.ids()
         todo = [copy.deepcopy(t) for t in trees if t.id not in done]
+        make = partial(
+            _grow_program,
+            expansions=expansions,
+            budget=budget,
+            seed=ctx.replica_seed(iteration, "search"),
+            node_policy=node_policy,
+            policy=policy,
+        )
         with progress_bar(f"{key} tree search", len(todo)) as advance:
-            grow(
-                ctx.system,
+            ctx.map_programs(
+                make,
                 todo,
-                ctx.engine,
-                expansions,
-                ctx.cfg.search,
-                ctx.reward,
-                budget,
-                seed=ctx.replica_seed(iteration, "search"),
-                policy=node_policy,
-                adapter=adapter,
-                on_tree_done=lambda tree: (log.append({"id": tree.id, **tree.to_dict()}), advance(1)),
+                max_active=ctx.cfg.search.max_active_trees,
+                on_done=lambda _i, tree: (log.append({"id": tree.id, **tree.to_dict()}), advance(1)),
             )
         grown = in_order(log.read(), ids)
         log.rewrite(grown)
@@ -94,6 +101,37 @@ def _grow_stage(
 
     ctx.stage(key, work, outputs=[log.path])
     return [Tree.from_dict(t) for t in in_order(log.read(), ids)]
+
+
+def _budget_program(
+    host: ModelHost, instance: TaskInstance, *, seed: int, policy: Policy | None
+) -> Program[Dialogue]:
+    """`budget_dialogue` of ``instance`` on ``host`` (a stage's program factory)."""
+    return budget_dialogue(host.system, instance, host.cfg.search, seed, adapter=host.serve(policy))
+
+
+def _grow_program(
+    host: ModelHost,
+    tree: Tree,
+    *,
+    expansions: int,
+    budget: float,
+    seed: int,
+    node_policy: NodePolicy,
+    policy: Policy | None,
+) -> Program[Tree]:
+    """`grow_tree` of ``tree`` on ``host`` (a stage's program factory)."""
+    return grow_tree(
+        host.system,
+        tree,
+        expansions,
+        host.cfg.search,
+        host.reward,
+        budget,
+        seed=seed,
+        policy=node_policy,
+        adapter=host.serve(policy),
+    )
 
 
 def tree_pairs(ctx: StageContext, trees: Sequence[Tree]) -> list[PreferencePair]:

@@ -22,6 +22,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -145,18 +146,27 @@ def trainer_args(
         bf16=cuda and torch.cuda.is_bf16_supported(),
         fp16=False,
         activation_checkpointing=cuda,
+        ddp_find_unused_parameters=False,  # under `accelerate launch`: every trainable weight is used
         dataloader_num_workers=0,
         **extra,
     )
 
 
-def save_model(model: Any, base: str, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """An HF folder: the trained adapter (pointing at ``base``) or the full model, plus the tokenizer."""
+def save_model(
+    model: Any,
+    base: str,
+    tokenizer: PreTrainedTokenizerBase,
+    folder: Path,
+    state_dict: dict[str, Any] | None = None,
+) -> None:
+    """An HF folder: the trained adapter (pointing at ``base``) or the full model, plus the tokenizer.
+    ``state_dict``: the weights gathered from every process (sharded training), else the model's own."""
     if isinstance(model, PeftModel):
         model.peft_config["default"].base_model_name_or_path = base
-        model.save_pretrained(str(folder), selected_adapters=["default"])  # not TRL's frozen "ref" copy
+        # not TRL's frozen "ref" copy
+        model.save_pretrained(str(folder), selected_adapters=["default"], state_dict=state_dict)
     else:
-        model.save_pretrained(str(folder))
+        model.save_pretrained(str(folder), state_dict=state_dict)
     tokenizer.save_pretrained(str(folder))
 
 
@@ -205,6 +215,8 @@ def train_and_save(
     ``rows`` is the number of rows the caller was given; the ones missing from the trainer's dataset
     (dropped by our length fitting or by TRL) are reported as ``dropped``. Divergence raises `DitsError`
     naming ``stage`` and the setting ``NAME.learning_rate`` (e.g. ``dpo.learning_rate``); nothing is saved.
+    Under ``accelerate launch`` every process trains and only the main one shows the bar and writes
+    ``out_dir``.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +227,8 @@ def train_and_save(
         trainer = make_trainer(work / "trainer")
         guard = DivergenceGuard()
         trainer.add_callback(guard)
-        with TrainingProgress(f"{name} training").attach(trainer):
+        main = trainer.accelerator.is_main_process
+        with TrainingProgress(f"{name} training").attach(trainer) if main else nullcontext():
             trainer.train()
         model = trainer.accelerator.unwrap_model(trainer.model)
         bad = non_finite_parameter(model)
@@ -228,7 +241,7 @@ def train_and_save(
             )
         history = [dict(entry) for entry in trainer.state.log_history]
         examples = len(trainer.train_dataset)
-        if examples < rows:
+        if examples < rows and main:
             log.warning(
                 "%d of %d training rows do not fit max_length and were left out", rows - examples, rows
             )
@@ -241,12 +254,18 @@ def train_and_save(
             history=history,
             wall_time=time.perf_counter() - started,
         )
-        staged = work / "model"
-        save_model(model, base, tokenizer, staged)
-        (staged / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1))
-        steps = [entry for entry in history if "train_runtime" not in entry]  # the run's timing: result file
-        (staged / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in steps))
-        _replace_dir(staged, out_dir)
+        accelerator = trainer.accelerator
+        # every process takes part in gathering sharded weights (DeepSpeed ZeRO-3, FSDP)
+        gathered = accelerator.get_state_dict(trainer.model) if accelerator.num_processes > 1 else None
+        if main:
+            staged = work / "model"
+            save_model(model, base, tokenizer, staged, gathered)
+            (staged / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1))
+            steps = [
+                entry for entry in history if "train_runtime" not in entry
+            ]  # the run's timing: result file
+            (staged / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in steps))
+            _replace_dir(staged, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result

@@ -7,13 +7,20 @@ model, or a full model with ``lora: false``), each with ``train_result.json``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from dits.config import TrainConfig
 from dits.context import Policy, StageContext
 from dits.errors import DitsError
 from dits.isft import select_sft_dialogues
+from dits.models import ModelRef
 from dits.search.pairs import PreferencePair
+from dits.train.launch import Kind, train
 from dits.train.records import dpo_rows, sft_rows
+
+if TYPE_CHECKING:
+    from dits.train.common import TrainResult
 
 
 def sft_stage(
@@ -21,8 +28,6 @@ def sft_stage(
 ) -> Policy:
     """Stage ``ITER/sft``: SFT on the best sampled dialogues (`dits.isft.select_sft_dialogues`), from the
     initial model (``loop.sft_from_initial``) or continuing ``policy``. Returns the trained policy."""
-    from dits.train.sft import train_sft
-
     trained = ctx.policy(iteration, "sft")
     cfg = ctx.cfg
 
@@ -35,14 +40,9 @@ def sft_stage(
             )
         rows = [r for inst, d, _ in chosen for r in sft_rows(d, inst, demonstrate=cfg.dialogue.demonstration)]
         init = None if cfg.loop.sft_from_initial or policy is None else policy.path
-        result = train_sft(
-            cfg.model,
-            rows,
-            cfg.sft,
-            trained.path,
-            seed=ctx.train_seed(iteration, "sft"),
-            init_adapter=init,
-            stage=f"{iteration}/sft",
+        seed = ctx.train_seed(iteration, "sft")
+        result = _train(
+            ctx, "sft", ctx.model_ref(None), rows, cfg.sft, trained, seed, f"{iteration}/sft", init
         )
         return {
             "tasks_kept": len(chosen),
@@ -61,8 +61,6 @@ def dpo_stage(
 ) -> Policy:
     """Stage ``ITER/dpo``: DPO from ``start`` (which is also the frozen reference) on ``pairs``.
     Returns the trained policy."""
-    from dits.train.dpo import train_dpo
-
     trained = ctx.policy(iteration, "dpo")
 
     def work() -> dict[str, Any]:
@@ -71,13 +69,9 @@ def dpo_stage(
                 f"{iteration}: the search produced no preference pair that passed the prefilters; lower "
                 "pairs.min_chosen_value / pairs.min_gap or search more tasks"
             )
-        result = train_dpo(
-            ctx.model_ref(start),
-            dpo_rows(pairs),
-            ctx.cfg.dpo,
-            trained.path,
-            seed=ctx.replica_seed(iteration, "dpo") % 2**31,
-            stage=f"{iteration}/dpo",
+        seed = ctx.replica_seed(iteration, "dpo") % 2**31
+        result = _train(
+            ctx, "dpo", ctx.model_ref(start), dpo_rows(pairs), ctx.cfg.dpo, trained, seed, f"{iteration}/dpo"
         )
         return {
             "pairs": len(pairs),
@@ -89,3 +83,31 @@ def dpo_stage(
 
     ctx.stage(f"{iteration}/dpo", work, outputs=[trained.path])
     return trained
+
+
+def _train(
+    ctx: StageContext,
+    kind: Kind,
+    model: ModelRef,
+    rows: list[dict[str, Any]],
+    cfg: TrainConfig,
+    trained: Policy,
+    seed: int,
+    stage: str,
+    init: Path | None = None,
+) -> TrainResult:
+    """Train ``trained`` with the run's launcher; under ``accelerate`` the Ray workers are stopped first
+    (the training processes need the devices they hold; the next inference stage starts new ones)."""
+    if ctx.cfg.distributed.train_launcher == "accelerate":
+        ctx.stop_workers()
+    return train(
+        kind,
+        model,
+        rows,
+        cfg,
+        trained.path,
+        seed=seed,
+        dist=ctx.cfg.distributed,
+        init_adapter=init,
+        stage=stage,
+    )
