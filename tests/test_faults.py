@@ -275,7 +275,10 @@ def jsonl_task(tmp_path: Path, extra: bytes = b"") -> Path:
 
 
 RUN_MISTAKES = {
-    "fake engine for dits": (["method=dits"], "engine.kind=fake cannot host them"),
+    "adapter-less server for dits": (
+        ["method=dits", "engine.kind=openai", "engine.server=transformers"],
+        "engine.server=transformers cannot host them",
+    ),
     "empty probe grid": (["influence.probe_lr_grid=[]"], "probe_lr_grid is empty"),
     "negative probe lr": (["influence.probe_lr=-0.001"], "influence.probe_lr"),
     "negative sft lr": (["sft.learning_rate=-1"], "sft.learning_rate"),
