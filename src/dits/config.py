@@ -495,7 +495,9 @@ class RunConfig(Section):
     @property
     def engine_hosts_adapters(self) -> bool:
         """Whether the configured engine hosts LoRA adapters (`dits.engines.base.Capabilities.adapters`)."""
-        return self.engine.kind in ("hf", "fake") or (self.engine.kind == "openai" and self.engine.server == "vllm")
+        return self.engine.kind in ("hf", "fake") or (
+            self.engine.kind == "openai" and self.engine.server == "vllm"
+        )
 
     @property
     def guided_search(self) -> bool:
