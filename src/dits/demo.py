@@ -2,8 +2,9 @@
 
 Evaluates the base model, runs Optima iSFT-DPO and DITS iSFT-DPO with the same synthesis budget
 (same tasks, same tree-search sizes), prints a table and writes a report with plots. The two runs are
-identical up to the influence stage of iteration 0 (same seeds, same base model, Q-guided search), so
-the DITS run takes those stages from the Optima run instead of recomputing them.
+identical up to the tree search of iteration 0 (same seeds, same base model; the whole search too when
+the DITS run's search is Q-guided), so the DITS run takes those stages from the Optima run instead of
+recomputing them.
 """
 
 from __future__ import annotations
