@@ -139,6 +139,18 @@ class AdapterWeights:
     config: Any
     state: dict[str, Any]
 
+    def attach(self, model: Any, name: str) -> Any:
+        """Add these weights to ``model`` as adapter ``name`` (a bare model becomes a PEFT model); returns
+        the model to use from now on, in eval mode."""
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        if not hasattr(model, "peft_config"):
+            model = get_peft_model(model, self.config, adapter_name=name)
+        else:
+            model.add_adapter(name, self.config)
+        set_peft_model_state_dict(model, self.state, adapter_name=name)
+        return model.eval()
+
 
 @runtime_checkable
 class Engine(Protocol):

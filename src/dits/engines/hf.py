@@ -126,14 +126,7 @@ class HFEngine:
 
     def add_adapter(self, name: str, weights: AdapterWeights) -> None:
         """Create adapter ``name`` from a LoRA config and an in-memory PEFT state dict (probe adapters)."""
-        from peft import get_peft_model, set_peft_model_state_dict
-
-        if not hasattr(self.model, "peft_config"):
-            self.model = get_peft_model(self.model, weights.config, adapter_name=name)
-        else:
-            self.model.add_adapter(name, weights.config)
-        set_peft_model_state_dict(self.model, weights.state, adapter_name=name)
-        self.model.eval()
+        self.model = weights.attach(self.model, name)
         self.prefixes.forget(name)
 
     def remove_adapter(self, name: str) -> None:

@@ -224,14 +224,7 @@ class LocalModel:
         self.model.eval()
 
     def add_adapter(self, name: str, weights: AdapterWeights) -> None:
-        from peft import get_peft_model, set_peft_model_state_dict
-
-        if not hasattr(self.model, "peft_config"):
-            self.model = get_peft_model(self.model, weights.config, adapter_name=name)
-        else:
-            self.model.add_adapter(name, weights.config)
-        set_peft_model_state_dict(self.model, weights.state, adapter_name=name)
-        self.model.eval()
+        self.model = weights.attach(self.model, name)
 
 
 class Prober:
