@@ -133,10 +133,10 @@ def generated_after_sft(cfg: RunConfig) -> dict[str, float]:
 def shared_sft(base: RunConfig, engine: Any) -> float:
     """The base run's test evaluation of the initial model and its SFT model (iteration 0); returns the
     SFT model's test score."""
-    ctx = StageContext(base, engine)
-    evaluation_stage(ctx, "base", None)
-    sft = sft_stage(ctx, "iter_0", sample_stage(ctx, "iter_0", None, first=True), None)
-    return evaluation_stage(ctx, "sft", sft)["score"]
+    with StageContext(base, engine) as ctx:  # released at once: arm runs in other processes read it too
+        evaluation_stage(ctx, "base", None)
+        sft = sft_stage(ctx, "iter_0", sample_stage(ctx, "iter_0", None, first=True), None)
+        return evaluation_stage(ctx, "sft", sft)["score"]
 
 
 def main() -> None:
