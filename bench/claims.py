@@ -110,7 +110,21 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--probe-lr", default="auto", help="probe step size or auto (calibrated on half A)")
     parser.add_argument("--alpha", type=float, default=0.5, help="fraction kept by the ablation subsets")
-    parser.add_argument("--seeds", type=int, help="DPO seeds per strategy; 3")
+    parser.add_argument(
+        "--seeds", type=int, help="DPO seeds per strategy; 3 (0: claims a-c only, no ablation)"
+    )
+    parser.add_argument(
+        "--validation-samples",
+        type=int,
+        default=None,
+        help="K dialogues per validation task (influence.validation_samples; default: config, 1 greedy)",
+    )
+    parser.add_argument(
+        "--difference",
+        choices=("forward", "central"),
+        default=None,
+        help="finite difference of the estimate (influence.difference; default: config, forward)",
+    )
     parser.add_argument("--eval-limit", type=int, help="test tasks per evaluation; full 40, quick 16")
     parser.add_argument("--fresh", action="store_true", help="delete the scratch run first")
     parser.add_argument("--plan", action="store_true", help="print the estimated work and exit")
@@ -144,6 +158,10 @@ def influence_config(cfg: RunConfig, args: argparse.Namespace) -> InfluenceConfi
     }
     if args.group_size:
         update["group_size"] = args.group_size
+    if args.validation_samples:
+        update["validation_samples"] = args.validation_samples
+    if args.difference:
+        update["difference"] = args.difference
     return InfluenceConfig.model_validate(cfg.influence.model_dump() | update)
 
 
@@ -477,9 +495,13 @@ def main() -> None:
         "heldout_pairs": len(held),
         "groups": len(rows),
         "validation_halves": [len(a["validation_ids"]), len(b["validation_ids"])],
+        "validation_samples": influence_config(cfg, args).validation_samples,
+        "difference": influence_config(cfg, args).difference,
         "sft_eval": sft_eval,
         "claims": claims_abc(rows, a, b, estimated["session"]),
-        "ablation": ablation(ctx, policy, pool, influence, args, signature(sig, args.alpha)),
+        "ablation": ablation(ctx, policy, pool, influence, args, signature(sig, args.alpha))
+        if args.seeds
+        else None,
         "group_table": rows,
         "influence_wall_s": [a["wall_time"], b["wall_time"]],
         "stages_reused": reused,
@@ -534,10 +556,14 @@ def summary_rows(r: dict[str, Any]) -> list[dict[str, str]]:
             f"{tie['half_a']['distinct']}/{tie['half_a']['tie_fraction']:.2f}, {tie['half_b']['distinct']}/{tie['half_b']['tie_fraction']:.2f}",
         ),
         summary_row("probe lr", c["probe_lr"]),
+        summary_row(
+            "validation tasks per half x dialogues per task, difference",
+            f"{r['validation_halves'][0]} x {r.get('validation_samples', 1)}, {r.get('difference', 'forward')}",
+        ),
     ]
-    for name, label in STRATEGY_LABELS.items():
+    for name, label in STRATEGY_LABELS.items() if abl else ():
         rows.append(summary_row(f"(d) {label}: test score", pm(abl["scores"][name])))
-    for name, paired in abl["paired_vs_random"].items():
+    for name, paired in abl["paired_vs_random"].items() if abl else ():
         n = len(paired["diffs"])
         rows.append(
             summary_row(

@@ -4,7 +4,8 @@
 
 Each benchmark writes ``bench/results/<name>[-quick].json``; afterwards the part of ``bench/RESULTS.md``
 between ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced by one table per results
-file found (full-scale results first, then quick ones). Everything outside the markers — the
+file found (full-scale results first, then quick ones; a file ``<name>[-quick]-LABEL.json``, the same
+benchmark run with other settings through ``--out``, gets its own table after the main one). Everything outside the markers — the
 hand-written explanation above, the owner's commentary below — is left alone.
 """
 
@@ -83,11 +84,19 @@ def load(values: list[float] | None) -> str:
     return ", ".join(f"{v:.2f}" for v in values) if values else "unknown"
 
 
-def section(report: dict[str, Any], status: dict[str, Any] | None) -> list[str]:
+def variant_paths(results_dir: Path, name: str, quick: bool) -> list[Path]:
+    """Results of the same benchmark run with other settings, ``NAME[-quick]-LABEL.json``, by label."""
+    main = result_path(results_dir, name, quick)
+    found = sorted(results_dir.glob(f"{main.stem}-*.json"))
+    return [p for p in found if quick or not p.stem.startswith(f"{name}-quick")]
+
+
+def section(report: dict[str, Any], status: dict[str, Any] | None, variant: str = "") -> list[str]:
     """One benchmark's results: where, when and how it ran, then its summary rows."""
     meta, machine = report["meta"], report["meta"]["machine"]
     scale = "quick" if meta["quick"] else "full"
-    lines = [f"### {report['benchmark']} ({scale}, {meta['model']})", ""]
+    label = f", {variant}" if variant else ""
+    lines = [f"### {report['benchmark']} ({scale}, {meta['model']}{label})", ""]
     if status and status.get("returncode"):
         lines += [f"**The last `run_all` of this benchmark exited with status {status['returncode']}.**", ""]
     cpu = f"{machine['cpu']}, {machine['cores']} cores ({machine.get('cores_usable')} usable)"
@@ -117,6 +126,9 @@ def render(results_dir: Path, status: dict[str, Any]) -> str:
                 found = True
                 known = status.get(name) if status.get(name, {}).get("quick") == quick else None
                 lines += section(json.loads(path.read_text()), known)
+            for variant in variant_paths(results_dir, name, quick):
+                label = variant.stem.removeprefix(path.stem + "-")
+                lines += section(json.loads(variant.read_text()), None, label)
     if not found:
         lines += ["_No results yet: run `make bench` (quick) or `.venv/bin/python bench/run_all.py`._", ""]
     return "\n".join([*lines, END])

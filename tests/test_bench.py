@@ -91,6 +91,28 @@ def test_benchmark_runs_at_toy_sizes(tmp_path: Path, tiny_model: str, name: str)
     if name == "claims":
         assert set(results["ablation"]["scores"]) == {"full", "random", "q", "dits_gamma0", "dits_gamma1"}
         assert results["groups"] == len(results["group_table"]) > 0
+        assert (results["validation_samples"], results["difference"]) == (1, "forward")
+
+
+def test_claims_estimator_variant_without_the_ablation(tmp_path: Path, tiny_model: str) -> None:
+    """--seeds 0 measures claims (a)-(c) only; --validation-samples/--difference change the estimate."""
+    sizes = (
+        "--sft-tasks",
+        "2",
+        "--trees",
+        "4",
+        "--validation",
+        "2",
+        "--eval-limit",
+        "2",
+        "--probe-lr",
+        "0.001",
+    )
+    extra = ("--seeds", "0", "--validation-samples", "2", "--difference", "central")
+    results = run_benchmark("claims", tmp_path, *sizes, *extra)["results"]
+    assert results["ablation"] is None
+    assert (results["validation_samples"], results["difference"]) == (2, "central")
+    assert results["groups"] == len(results["group_table"]) > 0
 
 
 def test_e2e_records_per_stage_memory(tmp_path: Path, tiny_model: str) -> None:
@@ -119,12 +141,16 @@ def test_render_only_rewrites_the_tables_between_the_markers(tmp_path: Path) -> 
         "summary": [{"metric": "speed-up", "value": "9.99", "goal": "goal >= 4"}],
     }
     (results / "probe-quick.json").write_text(json.dumps(report))
+    variant = {**report, "summary": [{"metric": "speed-up", "value": "1.23", "goal": ""}]}
+    (results / "probe-quick-racing.json").write_text(json.dumps(variant))  # same benchmark, other settings
     command = [sys.executable, str(BENCH / "run_all.py"), "--render-only"]
     command += ["--results-dir", str(results), "--markdown", str(markdown)]
     subprocess.run(command, check=True, capture_output=True)
     text, original = markdown.read_text(), (BENCH / "RESULTS.md").read_text()
     start, end = text.index(START), text.index(END)
     assert "| speed-up | 9.99 | goal >= 4 |" in text[start:end]
+    variant_at = text.index("### probe (quick, m, racing)")  # its own table, after the main one
+    assert text.index("9.99") < variant_at < text.index("| speed-up | 1.23 |  |") < end
     assert "throughput (quick" not in text[start:end]  # only the files found are rendered
     assert text[:start] == original[: original.index(START)]  # the hand-written parts are left alone
     assert text[end:] == original[original.index(END) :]
