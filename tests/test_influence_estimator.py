@@ -5,6 +5,7 @@ difference, sampled validation units), drafts, resume, and the report's statisti
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,7 +18,13 @@ from dits.influence.estimator import (
     split_trees,
 )
 from dits.influence.report import CalibrationRow, GroupInfluence, agreement, tie_fraction
-from dits.influence.session import ProbeSession, choose_lr, open_session
+from dits.influence.session import (
+    ProbeSession,
+    choose_lr,
+    informative_tasks,
+    open_session,
+    score_moved,
+)
 from test_influence_support import DPO, FAST, POLICY, make_engine, make_pairs, make_system, validation
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -170,13 +177,28 @@ def test_calibration_on_a_larger_pool_keeps_the_tasks_probes_moved(own_engine, t
     try:
         record = s.record
         assert record.pool_size == 6 and len(record.validation_ids) == V
-        assert record.moved_tasks >= 1
-        moved_first = min(record.moved_tasks, V)
-        pool_ids = [t.id for t in validation(6)]
-        assert len(set(record.validation_ids) & set(pool_ids)) == V and moved_first >= 1
+        assert set(record.validation_ids) <= {t.id for t in validation(6)}
         assert all(r.unit < V for r in s.calibration_results)  # renumbered onto the kept tasks
+        base = s.harness.base_scores
+        kept_moved = {r.unit for r in s.calibration_results if r.score != base[r.unit]}
+        assert record.moved_tasks >= 1  # the step moved some score
+        assert len(kept_moved) == min(record.moved_tasks, V)  # every task whose score moved is kept first
     finally:
         s.close()
+
+
+def test_a_task_counts_as_moved_only_when_its_score_changes() -> None:
+    harness = SimpleNamespace(base_scores=[0.0, 1.0, 0.5, 0.0])
+    results = [
+        UnitResult("g", 0, score=0.0, changed=True, tokens=1),  # other text, same score: adds nothing
+        UnitResult("g", 1, score=0.0, changed=True, tokens=1),  # score moved
+        UnitResult("g", 2, score=0.5, changed=False, tokens=1),
+        UnitResult("g", 3, score=0.0, changed=True, tokens=1, reflected_score=1.0),  # the θ* − step side
+    ]
+    moved = score_moved(harness, results)
+    assert moved == {1, 3}
+    cfg = FAST.model_copy(update={"validation_tasks": 3, "validation_samples": 1})
+    assert informative_tasks(moved, 4, cfg) == [0, 1, 3]  # moved tasks first, then the pool order
 
 
 # ------------------------------------------------------------------------------------ estimators

@@ -247,8 +247,8 @@ class InfluenceConfig(Section):
     validation_pool: int = Field(
         0,
         ge=0,
-        description="extension: > V draws this many validation tasks and keeps the V that calibration "
-        "probes moved; 0: the first V",
+        description="extension: > V draws this many validation tasks and keeps the V whose score "
+        "calibration probes moved at the chosen step; 0: the first V",
     )
     validation_samples: int = Field(
         1,

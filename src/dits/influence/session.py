@@ -12,8 +12,10 @@ compare them. The session is opened by the iteration's first influence stage:
    probed pairs and says so in its summary.
 2. **F(SFT) and F(θ*)** on the validation units are measured and recorded.
 3. **Informative validation tasks** (an extension of ours). With ``validation_pool`` > V, θ* plays the
-   whole pool; the V tasks kept are the ones some calibration probe moved (their score changed under
-   some step size), in pool order, then the others. A task no probe moves adds the same zero to every
+   whole pool; the V tasks kept are the ones some calibration probe moved (its score differs from
+   θ*'s at the chosen step size: a larger, destructive size tried on the way moves nearly every task,
+   and a dialogue whose text changes but whose score does not adds nothing), in pool order, then the
+   others. A task no probe moves adds the same zero to every
    group, so keeping movable ones spends the budget where groups differ. The count is reported.
 4. **Calibration that separates.** Each step size of ``probe_lr_grid`` (ascending) is tried on
    ``calibration_groups`` groups; the grid is climbed while the mean validation score drops by at most
@@ -93,7 +95,7 @@ class SessionRecord:
 @dataclass
 class Calibration:
     """The rows tried, the chosen step size and why, every unit result at the chosen size, and the
-    validation units some probe changed at any size tried."""
+    validation units whose score some probe moved at that size."""
 
     lr: float
     rows: list[CalibrationRow]
@@ -180,7 +182,6 @@ def calibrate(harness: Harness, groups: Sequence[Group], cfg: InfluenceConfig) -
     units = list(harness.units)
     rows: list[CalibrationRow] = []
     by_lr: dict[float, list[UnitResult]] = {}
-    moved: set[int] = set()
     for lr in sorted(cfg.probe_lr_grid):
         tallies = {g.id: Tally(g) for g in groups}
         results: list[UnitResult] = []
@@ -191,7 +192,6 @@ def calibrate(harness: Harness, groups: Sequence[Group], cfg: InfluenceConfig) -
             tallies[group.id].add(probed, measured)
             results += measured
         influences = [tallies[g.id].influence(harness) for g in groups]
-        moved |= {r.unit for r in results if r.changed}
         mean_after = fmean(r.score for r in results)
         row = CalibrationRow(
             lr=lr,
@@ -208,7 +208,17 @@ def calibrate(harness: Harness, groups: Sequence[Group], cfg: InfluenceConfig) -
         if not row.acceptable or 1 < len(groups) == row.distinct_scores:
             break  # larger steps only do more damage / every group is already told apart
     lr, note = choose_lr(rows, cfg.max_score_drop)
-    return Calibration(lr, rows, note, by_lr[lr], moved)
+    return Calibration(lr, rows, note, by_lr[lr], score_moved(harness, by_lr[lr]))
+
+
+def score_moved(harness: Harness, results: Sequence[UnitResult]) -> set[int]:
+    """The units whose score (either side of a central difference) differs from θ*'s."""
+    base = harness.base_scores
+    return {
+        r.unit
+        for r in results
+        if r.score != base[r.unit] or (r.reflected_score is not None and r.reflected_score != base[r.unit])
+    }
 
 
 def choose_lr(rows: Sequence[CalibrationRow], max_score_drop: float) -> tuple[float, str]:
