@@ -557,6 +557,11 @@ def summary_rows(r: dict[str, Any]) -> list[dict[str, str]]:
         ),
         summary_row("probe lr", c["probe_lr"]),
         summary_row(
+            "validation pool drawn / tasks a calibration probe moved",
+            f"{c['validation_pool']} / {c['moved_tasks']}"
+            + ("" if c["validation_pool"] > sum(r["validation_halves"]) else " (no selection: pool = V)"),
+        ),
+        summary_row(
             "validation tasks per half x dialogues per task, difference",
             f"{r['validation_halves'][0]} x {r.get('validation_samples', 1)}, {r.get('difference', 'forward')}",
         ),
