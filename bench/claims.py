@@ -126,6 +126,12 @@ def parse_args() -> argparse.Namespace:
         help="finite difference of the estimate (influence.difference; default: config, forward)",
     )
     parser.add_argument("--eval-limit", type=int, help="test tasks per evaluation; full 40, quick 16")
+    parser.add_argument(
+        "--compare-to",
+        type=Path,
+        default=None,
+        help="another claims results file on the same pool: report how the two estimates agree per group",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete the scratch run first")
     parser.add_argument("--plan", action="store_true", help="print the estimated work and exit")
     args = parser.parse_args()
@@ -504,10 +510,20 @@ def main() -> None:
         else None,
         "group_table": rows,
         "influence_wall_s": [a["wall_time"], b["wall_time"]],
+        "compared_to": compare(rows, args.compare_to) if args.compare_to else None,
         "stages_reused": reused,
     }
     report["summary"] = summary_rows(report["results"])
     finish(NAME, args, report)
+
+
+def compare(rows: Sequence[dict[str, Any]], other: Path) -> dict[str, Any]:
+    """Per-group agreement (all V) of this run's influence with another claims run's on the same groups."""
+    theirs = {g["group"]: g["influence"] for g in json.loads(other.read_text())["results"]["group_table"]}
+    agreed = agreement({r["group"]: r["influence"] for r in rows}, theirs)
+    if agreed.n == 0:
+        raise SystemExit(f"--compare-to {other}: no group in common (another pool?)")
+    return {"file": other.name, **agreed.__dict__}
 
 
 def interval(r: float, n: int, spearman: bool = False) -> tuple[float, float]:
@@ -576,6 +592,10 @@ def summary_rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 f"{pm(paired['diffs'])}, wins {paired['wins']}/{n}",
                 PAPER_VS_RANDOM[name],
             )
+        )
+    if r.get("compared_to"):
+        rows.append(
+            summary_row(f"influence vs {r['compared_to']['file']} (per group)", corr(r["compared_to"]))
         )
     rows.append(summary_row("stages reused from an earlier invocation", len(r["stages_reused"])))
     return rows

@@ -108,11 +108,15 @@ def test_claims_estimator_variant_without_the_ablation(tmp_path: Path, tiny_mode
         "--probe-lr",
         "0.001",
     )
+    greedy = run_benchmark("claims", tmp_path, *sizes, "--seeds", "0")
+    (tmp_path / "claims-greedy.json").write_text(json.dumps(greedy))
     extra = ("--seeds", "0", "--validation-samples", "2", "--difference", "central")
-    results = run_benchmark("claims", tmp_path, *sizes, *extra)["results"]
-    assert results["ablation"] is None
+    report = run_benchmark("claims", tmp_path, *sizes, *extra, "--compare-to", "claims-greedy.json")
+    results = report["results"]
+    assert greedy["results"]["ablation"] is None and results["ablation"] is None
     assert (results["validation_samples"], results["difference"]) == (2, "central")
-    assert results["groups"] == len(results["group_table"]) > 0
+    assert results["groups"] == len(results["group_table"]) == results["compared_to"]["n"] > 0  # same pool
+    assert any(row["metric"].startswith("influence vs claims-greedy.json") for row in report["summary"])
 
 
 def test_e2e_records_per_stage_memory(tmp_path: Path, tiny_model: str) -> None:
