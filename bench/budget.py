@@ -16,7 +16,7 @@ directory:
 
 Reported per arm and level: the test score after the DPO round (mean ± sd over replicates), the tokens
 generated after SFT (search rollouts, token budget, influence validation dialogues), wall time, and
-paired differences to ``optima`` at the same level; a plot of score against tokens
+paired differences to ``optima`` (and guided ``dits`` to ``dits-unguided``) at the same level; a plot of score against tokens
 (``bench/results/budget[-quick].png``). Whatever comes out is reported.
 """
 
@@ -61,6 +61,15 @@ ARMS = {
     "optima": ["method=isft-dpo"],
     "dits": ["method=dits-dpo", "search.guidance=influence"],
     "dits-unguided": ["method=dits-dpo", "search.guidance=q"],
+}
+# Paired differences reported per arm: result key -> the arm it is compared with at the same level.
+PAIRED_REFERENCES = {
+    "dits": {"minus_optima": "optima", "minus_unguided": "dits-unguided"},
+    "dits-unguided": {"minus_optima": "optima"},
+}
+PAPER_DIRECTION = {
+    "minus_optima": "paper: > 0 at equal budget",
+    "minus_unguided": "paper: guided > unguided",
 }
 SFT_STAGES = ("eval/base", "iter_0/samples", "iter_0/sft")
 SFT_FILES = ("eval/base.json", "iter_0/sft_samples.jsonl", "iter_0/sft")
@@ -166,7 +175,7 @@ def main() -> None:
 
 
 def summarise(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any]:
-    """Mean ± sd of score and tokens per arm and level; paired score differences to Optima."""
+    """Mean ± sd of score and tokens per arm and level; paired score differences (PAIRED_REFERENCES)."""
     out: dict[str, Any] = {}
     for arm, levels in runs.items():
         out[arm] = {}
@@ -178,14 +187,16 @@ def summarise(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any
                 "tokens": mean_sd([r["tokens"] for r in rows]),
                 "wall_s": mean_sd([r["wall_s"] for r in rows]),
             }
-            reference = runs.get("optima", {}).get(level)
-            if arm != "optima" and reference:
-                diffs = [r["score"] - o["score"] for r, o in zip(rows, reference, strict=True)]
-                entry["minus_optima"] = {
-                    "diffs": diffs,
-                    "mean_sd": mean_sd(diffs),
-                    "wins": sum(d > 0 for d in diffs),
-                }
+            for key, reference_arm in PAIRED_REFERENCES.get(arm, {}).items():
+                reference = runs.get(reference_arm, {}).get(level)
+                if reference:
+                    diffs = [r["score"] - o["score"] for r, o in zip(rows, reference, strict=True)]
+                    entry[key] = {
+                        "reference": reference_arm,
+                        "diffs": diffs,
+                        "mean_sd": mean_sd(diffs),
+                        "wins": sum(d > 0 for d in diffs),
+                    }
             out[arm][level] = entry
     return out
 
@@ -228,15 +239,16 @@ def summary_rows(r: dict[str, Any]) -> list[dict[str, str]]:
                     f"{pm(v['scores'])} ({tokens:,.0f})" if not math.isnan(tokens) else pm(v["scores"]),
                 )
             )
-            if "minus_optima" in v:
-                d = v["minus_optima"]
-                rows.append(
-                    summary_row(
-                        f"{arm} - optima, level {level} (paired)",
-                        f"{pm(d['diffs'])}, wins {d['wins']}/{len(d['diffs'])}",
-                        "paper: > 0 at equal budget",
+            for key in PAIRED_REFERENCES.get(arm, {}):
+                if key in v:
+                    d = v[key]
+                    rows.append(
+                        summary_row(
+                            f"{arm} - {d['reference']}, level {level} (paired)",
+                            f"{pm(d['diffs'])}, wins {d['wins']}/{len(d['diffs'])}",
+                            PAPER_DIRECTION[key],
+                        )
                     )
-                )
     return rows
 
 

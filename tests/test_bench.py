@@ -87,7 +87,10 @@ def test_benchmark_runs_at_toy_sizes(tmp_path: Path, tiny_model: str, name: str)
     if name == "budget":
         assert set(results["arms"]) == {"optima", "dits", "dits-unguided"}
         assert all(len(level["scores"]) == 2 for arm in results["arms"].values() for level in arm.values())
-        assert "minus_optima" in results["arms"]["dits"]["1"]
+        dits = results["arms"]["dits"]["1"]
+        assert dits["minus_optima"]["reference"] == "optima"
+        assert dits["minus_unguided"]["reference"] == "dits-unguided"  # guided vs unguided, paired
+        assert len(dits["minus_unguided"]["diffs"]) == 2
     if name == "claims":
         assert set(results["ablation"]["scores"]) == {"full", "random", "q", "dits_gamma0", "dits_gamma1"}
         assert results["groups"] == len(results["group_table"]) > 0
