@@ -120,6 +120,13 @@ def parse_args() -> argparse.Namespace:
         help="K dialogues per validation task (influence.validation_samples; default: config, 1 greedy)",
     )
     parser.add_argument(
+        "--validation-pool",
+        type=int,
+        default=None,
+        help="validation tasks θ* plays before keeping the V informative ones (influence.validation_pool; "
+        "unlike --set, it does not move the scratch run, so the pool of pairs is reused)",
+    )
+    parser.add_argument(
         "--difference",
         choices=("forward", "central"),
         default=None,
@@ -168,6 +175,8 @@ def influence_config(cfg: RunConfig, args: argparse.Namespace) -> InfluenceConfi
         update["validation_samples"] = args.validation_samples
     if args.difference:
         update["difference"] = args.difference
+    if args.validation_pool:
+        update["validation_pool"] = args.validation_pool
     return InfluenceConfig.model_validate(cfg.influence.model_dump() | update)
 
 

@@ -98,7 +98,8 @@ def test_benchmark_runs_at_toy_sizes(tmp_path: Path, tiny_model: str, name: str)
 
 
 def test_claims_estimator_variant_without_the_ablation(tmp_path: Path, tiny_model: str) -> None:
-    """--seeds 0 measures claims (a)-(c) only; --validation-samples/--difference change the estimate."""
+    """--seeds 0 measures claims (a)-(c) only; --validation-samples/--difference/--validation-pool change
+    the estimate, not the pool of pairs."""
     sizes = (
         "--sft-tasks",
         "2",
@@ -113,11 +114,12 @@ def test_claims_estimator_variant_without_the_ablation(tmp_path: Path, tiny_mode
     )
     greedy = run_benchmark("claims", tmp_path, *sizes, "--seeds", "0")
     (tmp_path / "claims-greedy.json").write_text(json.dumps(greedy))
-    extra = ("--seeds", "0", "--validation-samples", "2", "--difference", "central")
+    extra = ("--seeds", "0", "--validation-samples", "2", "--difference", "central", "--validation-pool", "6")
     report = run_benchmark("claims", tmp_path, *sizes, *extra, "--compare-to", "claims-greedy.json")
     results = report["results"]
     assert greedy["results"]["ablation"] is None and results["ablation"] is None
     assert (results["validation_samples"], results["difference"]) == (2, "central")
+    assert results["claims"]["validation_pool"] == 6
     assert results["groups"] == len(results["group_table"]) == results["compared_to"]["n"] > 0  # same pool
     assert any(row["metric"].startswith("influence vs claims-greedy.json") for row in report["summary"])
 
