@@ -16,8 +16,8 @@ directory:
 
 Reported per arm and level: the test score after the DPO round (mean ± sd over replicates), the tokens
 generated after SFT (search rollouts, token budget, influence validation dialogues), wall time, and
-paired differences to ``optima`` (and guided ``dits`` to ``dits-unguided``) at the same level; a plot of score against tokens
-(``bench/results/budget[-quick].png``). Whatever comes out is reported.
+paired differences to ``optima`` (and guided ``dits`` to ``dits-unguided``) at the same level; a plot
+of score against tokens (``bench/results/budget[-quick].png``). Whatever comes out is reported.
 """
 
 from __future__ import annotations
@@ -62,14 +62,13 @@ ARMS = {
     "dits": ["method=dits-dpo", "search.guidance=influence"],
     "dits-unguided": ["method=dits-dpo", "search.guidance=q"],
 }
-# Paired differences reported per arm: result key -> the arm it is compared with at the same level.
+# Paired differences reported per arm: result key -> (the arm compared with at the same level, the paper).
 PAIRED_REFERENCES = {
-    "dits": {"minus_optima": "optima", "minus_unguided": "dits-unguided"},
-    "dits-unguided": {"minus_optima": "optima"},
-}
-PAPER_DIRECTION = {
-    "minus_optima": "paper: > 0 at equal budget",
-    "minus_unguided": "paper: guided > unguided",
+    "dits": {
+        "minus_optima": ("optima", "paper: > 0 at equal budget"),
+        "minus_unguided": ("dits-unguided", "paper: guided > unguided"),
+    },
+    "dits-unguided": {"minus_optima": ("optima", "paper: > 0 at equal budget")},
 }
 SFT_STAGES = ("eval/base", "iter_0/samples", "iter_0/sft")
 SFT_FILES = ("eval/base.json", "iter_0/sft_samples.jsonl", "iter_0/sft")
@@ -187,7 +186,7 @@ def summarise(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any
                 "tokens": mean_sd([r["tokens"] for r in rows]),
                 "wall_s": mean_sd([r["wall_s"] for r in rows]),
             }
-            for key, reference_arm in PAIRED_REFERENCES.get(arm, {}).items():
+            for key, (reference_arm, _) in PAIRED_REFERENCES.get(arm, {}).items():
                 reference = runs.get(reference_arm, {}).get(level)
                 if reference:
                     diffs = [r["score"] - o["score"] for r, o in zip(rows, reference, strict=True)]
@@ -239,14 +238,14 @@ def summary_rows(r: dict[str, Any]) -> list[dict[str, str]]:
                     f"{pm(v['scores'])} ({tokens:,.0f})" if not math.isnan(tokens) else pm(v["scores"]),
                 )
             )
-            for key in PAIRED_REFERENCES.get(arm, {}):
+            for key, (reference_arm, paper) in PAIRED_REFERENCES.get(arm, {}).items():
                 if key in v:
                     d = v[key]
                     rows.append(
                         summary_row(
-                            f"{arm} - {d['reference']}, level {level} (paired)",
+                            f"{arm} - {reference_arm}, level {level} (paired)",
                             f"{pm(d['diffs'])}, wins {d['wins']}/{len(d['diffs'])}",
-                            PAPER_DIRECTION[key],
+                            paper,
                         )
                     )
     return rows

@@ -161,6 +161,10 @@ def make_config(args: argparse.Namespace) -> RunConfig:
     )
 
 
+# Influence settings a command-line option overrides only when given (the option's dest = the config key).
+OPTIONAL_INFLUENCE_ARGS = ("group_size", "validation_samples", "difference", "validation_pool")
+
+
 def influence_config(cfg: RunConfig, args: argparse.Namespace) -> InfluenceConfig:
     """The run's influence settings with this benchmark's sizes (V = ``--validation``, both halves)."""
     update: dict[str, Any] = {
@@ -169,14 +173,9 @@ def influence_config(cfg: RunConfig, args: argparse.Namespace) -> InfluenceConfi
         "proxy_holdout_fraction": args.holdout_fraction,
         "first_order_proxy": True,
     }
-    if args.group_size:
-        update["group_size"] = args.group_size
-    if args.validation_samples:
-        update["validation_samples"] = args.validation_samples
-    if args.difference:
-        update["difference"] = args.difference
-    if args.validation_pool:
-        update["validation_pool"] = args.validation_pool
+    for key in OPTIONAL_INFLUENCE_ARGS:  # given on the command line: override the config
+        if getattr(args, key):
+            update[key] = getattr(args, key)
     return InfluenceConfig.model_validate(cfg.influence.model_dump() | update)
 
 
